@@ -1,0 +1,1 @@
+"""GLIP: Grounded Language-Image Pre-training in pure PyTorch."""

@@ -1,0 +1,141 @@
+"""Command line: ``glip detect``, ``glip convert``, ``glip models``.
+
+Each subcommand parses its flags and calls one public function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+logger = logging.getLogger("glip")
+
+
+def _parse_span(text: str) -> tuple[int, int]:
+    try:
+        begin, end = (int(part) for part in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--span {text!r}: expected START:END character offsets") from None
+    return begin, end
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model (a preset or directory, or an official checkpoint + config)")
+    group.add_argument("--model", default=None, help="preset name (see `glip models`) or converted model directory")
+    group.add_argument("--checkpoint", type=Path, help="official GLIP .pth checkpoint")
+    group.add_argument("--config", type=Path, help="official yacs YAML config of --checkpoint")
+    group.add_argument("--text-config", type=Path, help="BERT config JSON/YAML (default: bert-base-uncased)")
+    group.add_argument("--tokenizer", type=Path, help="directory with vocab.txt (default: bert-base-uncased)")
+    group.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1, mps (default: cpu)")
+
+
+def load_model_from_args(args: argparse.Namespace):
+    """The model that ``--model`` or ``--checkpoint/--config`` names."""
+    from glip.pipeline import GLIP
+
+    if args.checkpoint is not None or args.config is not None:
+        if args.checkpoint is None or args.config is None:
+            raise SystemExit("error: --checkpoint and --config go together")
+        if args.model is not None:
+            raise SystemExit("error: give --model or --checkpoint/--config, not both")
+        return GLIP.from_official(args.checkpoint, args.config, args.text_config, args.tokenizer, device=args.device)
+    if args.model is None:
+        raise SystemExit("error: give --model NAME_OR_DIR or --checkpoint PTH --config YAML")
+    return GLIP.from_pretrained(args.model, device=args.device)
+
+
+def command_detect(args: argparse.Namespace) -> int:
+    from glip.visualize import detect_and_save
+
+    if (args.classes is None) == (args.caption is None):
+        raise SystemExit("error: give exactly one of --classes or --caption")
+    if args.span and args.caption is None:
+        raise SystemExit("error: --span needs --caption")
+    classes = None
+    if args.classes is not None:
+        classes = [name.strip() for name in args.classes.split(",") if name.strip()]
+        if not classes:
+            raise SystemExit("error: --classes is empty")
+    model = load_model_from_args(args)
+    report = detect_and_save(
+        model,
+        args.images,
+        args.out,
+        classes=classes,
+        caption=args.caption,
+        spans=args.span or None,
+        threshold=args.threshold,
+        min_size=args.min_size,
+        max_size=args.max_size,
+    )
+    failed = [item for item in report if "error" in item]
+    print(f"wrote {args.out / 'detections.json'} ({len(report) - len(failed)} images, {len(failed)} failed)")
+    return 1 if failed and len(failed) == len(report) else 0
+
+
+def command_convert(args: argparse.Namespace) -> int:
+    from glip.pipeline import GLIP
+
+    model = GLIP.from_official(args.checkpoint, args.config, args.text_config, args.tokenizer)
+    model.save_pretrained(args.out)
+    print(f"wrote {args.out} (load with GLIP.from_pretrained({str(args.out)!r}))")
+    return 0
+
+
+def command_models(args: argparse.Namespace) -> int:
+    from glip.hub.presets import PRESETS
+
+    width = max(len(name) for name in PRESETS)
+    for name, preset in PRESETS.items():
+        where = "bundled" if preset.bundled else f"hf://{preset.hub_repo}/{preset.checkpoint}"
+        print(f"{name:<{width}}  {preset.description}  [{where}]")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="glip", description="GLIP: detect anything a text prompt names.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    detect = commands.add_parser("detect", help="detect classes or ground a caption in images")
+    detect.add_argument("images", nargs="+", type=Path, help="image files")
+    detect.add_argument("--classes", help='comma-separated class names, e.g. "person,dog"')
+    detect.add_argument("--caption", help="caption whose phrases to ground")
+    detect.add_argument("--span", action="append", type=_parse_span, metavar="START:END",
+                        help="character range of a phrase in --caption (repeatable; default: noun phrases)")
+    detect.add_argument("--threshold", type=float, default=None,
+                        help="score threshold (default: the model's, 0.7 for official models)")
+    detect.add_argument("--min-size", type=int, default=None, help="shorter image side after resize (default 800)")
+    detect.add_argument("--max-size", type=int, default=None, help="cap on the longer side (default: none)")
+    detect.add_argument("--out", type=Path, default=Path("outputs/detect"),
+                        help="output folder for detections.json and pictures (default: outputs/detect)")
+    _add_model_arguments(detect)
+    detect.set_defaults(handler=command_detect)
+
+    convert = commands.add_parser("convert", help="convert an official checkpoint to safetensors + config.json")
+    convert.add_argument("checkpoint", type=Path, help="official GLIP .pth checkpoint")
+    convert.add_argument("config", type=Path, help="official yacs YAML config")
+    convert.add_argument("--text-config", type=Path, help="BERT config JSON/YAML (default: bert-base-uncased)")
+    convert.add_argument("--tokenizer", type=Path, help="directory with vocab.txt (default: bert-base-uncased)")
+    convert.add_argument("--out", type=Path, required=True, help="output model directory")
+    convert.set_defaults(handler=command_convert)
+
+    models = commands.add_parser("models", help="list model presets")
+    models.set_defaults(handler=command_models)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return args.handler(args)
+    except (FileNotFoundError, ValueError, KeyError, TypeError, ImportError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+

@@ -1,0 +1,186 @@
+"""Finding, downloading, converting, saving and loading GLIP weights.
+
+Two formats:
+
+* official ``.pth`` + yacs YAML (``GLIP.from_official``), converted on load by
+  :mod:`glip.hub.convert`;
+* this package's directory (``GLIP.from_pretrained``): ``model.safetensors``, ``config.json``
+  and ``tokenizer/vocab.txt``, written by ``save_pretrained`` / ``glip convert``.
+
+Nothing is downloaded unless a preset name is asked for; offline, that fails at once naming the
+file to fetch and where to put it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from glip.config import GLIPConfig
+from glip.hub.convert import (
+    CheckpointError,
+    check_state_dict,
+    convert_official_state_dict,
+    fusion_width_from_state_dict,
+    read_official_checkpoint,
+)
+from glip.hub.official_config import glip_config_from_official
+from glip.hub.presets import PRESETS, Preset
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+TOKENIZER_DIR = "tokenizer"
+FORMAT_NAME = "glip"
+FORMAT_VERSION = 1
+
+
+def bundled_weights_dir() -> Path:
+    """Folder of weights shipped inside the package (GLIP-Nano)."""
+    return Path(__file__).resolve().parents[1] / "weights"
+
+
+def official_checkpoint_and_config(
+    checkpoint: str | Path,
+    config: str | Path | dict[str, Any],
+    text_config: str | Path | dict[str, Any] | None = None,
+    tokenizer: str | Path | None = None,
+) -> tuple[GLIPConfig, dict[str, Tensor]]:
+    """Read an official checkpoint and config: our config and our state dict."""
+    official = read_official_checkpoint(checkpoint)
+    glip_config = glip_config_from_official(
+        config,
+        text_config=text_config,
+        fusion_embed_dim=fusion_width_from_state_dict(official),
+        tokenizer=str(tokenizer) if tokenizer is not None else "bert-base-uncased",
+    )
+    state_dict = convert_official_state_dict(official, fusion_enabled=glip_config.fusion.enabled)
+    return glip_config, state_dict
+
+
+def read_pretrained_dir(directory: str | Path) -> tuple[GLIPConfig, dict[str, Tensor], dict[str, Any]]:
+    """Config, state dict and metadata of a directory written by :func:`write_pretrained_dir`."""
+    directory = Path(directory)
+    config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{directory} is not a GLIP model directory: {path.name} is missing "
+                f"(write one with `glip convert` or GLIP.save_pretrained)"
+            )
+    try:
+        data = json.loads(config_path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{config_path}: invalid JSON: {error}") from error
+    if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
+        raise ValueError(f"{config_path}: not a GLIP config (missing \"format\": \"{FORMAT_NAME}\")")
+    config = GLIPConfig.from_dict(data["config"])
+    tokenizer_dir = directory / TOKENIZER_DIR
+    if (tokenizer_dir / "vocab.txt").is_file():
+        config = _with_tokenizer(config, str(tokenizer_dir))
+    try:
+        state_dict = load_file(weights_path)
+    except Exception as error:  # safetensors raises its own error types
+        raise CheckpointError(f"cannot read weights {weights_path}: {error}") from error
+    return config, state_dict, data.get("metadata", {})
+
+
+def write_pretrained_dir(
+    directory: str | Path,
+    config: GLIPConfig,
+    state_dict: dict[str, Tensor],
+    vocab_file: str | Path | None,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Write weights, config and vocabulary atomically (a temp folder renamed into place)."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+        save_file(tensors, staging / WEIGHTS_FILE, metadata={"format": "pt"})
+        document = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "config": config.to_dict(),
+            "metadata": metadata or {},
+        }
+        (staging / CONFIG_FILE).write_text(json.dumps(document, indent=2) + "\n")
+        if vocab_file is not None:
+            (staging / TOKENIZER_DIR).mkdir()
+            shutil.copyfile(vocab_file, staging / TOKENIZER_DIR / "vocab.txt")
+        if directory.exists():
+            backup = directory.with_name(f".{directory.name}.old")
+            shutil.rmtree(backup, ignore_errors=True)
+            os.replace(directory, backup)
+            os.replace(staging, directory)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.replace(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return directory
+
+
+def download_preset_checkpoint(preset: Preset, cache_dir: str | Path | None = None) -> Path:
+    """The preset's official checkpoint from the Hugging Face Hub cache, downloading it if needed.
+
+    Offline (or with ``HF_HUB_OFFLINE=1``) it fails at once, naming the file and where to put it.
+    """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(preset.hub_repo, preset.checkpoint, cache_dir=cache_dir))
+    except (LocalEntryNotFoundError, OSError) as error:
+        raise FileNotFoundError(
+            f"cannot get {preset.checkpoint} for preset {preset.name!r} (offline?). Download "
+            f"https://huggingface.co/{preset.hub_repo}/resolve/main/{preset.checkpoint} and load it "
+            f"with GLIP.from_official(path, config) using {preset.official_config} of "
+            f"github.com/microsoft/GLIP, or convert it once with `glip convert` and use "
+            f"GLIP.from_pretrained(<converted dir>). Cause: {error}"
+        ) from error
+
+
+def resolve(name_or_path: str | Path) -> tuple[str, Path | None, Preset | None]:
+    """Classify ``name_or_path``: ("dir", path, None), ("bundled", path, preset) or ("hub", None, preset)."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return "dir", path, None
+    name = str(name_or_path)
+    if name in PRESETS:
+        preset = PRESETS[name]
+        if preset.bundled:
+            return "bundled", bundled_weights_dir() / preset.bundled, preset
+        return "hub", None, preset
+    raise FileNotFoundError(
+        f"{name_or_path!r} is neither a model directory nor a preset; presets: "
+        f"{', '.join(sorted(PRESETS))}"
+    )
+
+
+def _with_tokenizer(config: GLIPConfig, tokenizer: str) -> GLIPConfig:
+    import dataclasses
+
+    return dataclasses.replace(config, language=dataclasses.replace(config.language, tokenizer=tokenizer))
+
+
+__all__ = [
+    "bundled_weights_dir",
+    "check_state_dict",
+    "download_preset_checkpoint",
+    "official_checkpoint_and_config",
+    "read_pretrained_dir",
+    "resolve",
+    "write_pretrained_dir",
+]

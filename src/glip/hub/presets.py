@@ -1,0 +1,109 @@
+"""Released GLIP models as data: config, checkpoint file, where it is published, metrics.
+
+Configs match the official ``configs/pretrain/*.yaml`` merged over the official defaults
+(``tests/hub/test_presets.py`` checks them against the resolved official configs). Metrics are the
+official model zoo's (github microsoft/GLIP README): COCO zero-shot / fine-tuned box AP, LVIS
+minival AP (last checkpoint) and ODinW-13 average AP.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from glip.config import FusionConfig, GLIPConfig, HeadConfig, SwinConfig
+
+# Hugging Face Hub repository that hosts the official checkpoints.
+OFFICIAL_HUB_REPO = "GLIPModel/GLIP"
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    config: GLIPConfig
+    # File name in ``hub_repo``; an official ``.pth`` unless ``converted`` (safetensors +
+    # config.json, as written by ``glip convert``).
+    checkpoint: str
+    hub_repo: str = OFFICIAL_HUB_REPO
+    official_config: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    # Directory inside the installed package holding converted weights (no download needed).
+    bundled: str = ""
+    # Score threshold ``predict`` applies by default (the official demo's 0.7 for official models).
+    default_threshold: float = 0.7
+
+
+_GLIP_T = GLIPConfig()
+_GLIP_T_A = dataclasses.replace(
+    _GLIP_T, fusion=FusionConfig(enabled=False, use_fused_text_for_dot_product=False)
+)
+_GLIP_L = GLIPConfig(
+    swin=SwinConfig(
+        embed_dim=192,
+        depths=(2, 2, 18, 2),
+        num_heads=(6, 12, 24, 48),
+        window_size=12,
+        drop_path_rate=0.4,
+        freeze_at=2,
+    ),
+    head=HeadConfig(num_layers=8),
+)
+
+PRESETS: dict[str, Preset] = {
+    preset.name: preset
+    for preset in (
+        Preset(
+            name="glip_t_a",
+            description="GLIP-T (A): Swin-T, no deep fusion, pre-trained on Objects365",
+            config=_GLIP_T_A,
+            checkpoint="glip_a_tiny_o365.pth",
+            official_config="configs/pretrain/glip_A_Swin_T_O365.yaml",
+            metrics={"coco_zero_shot_ap": 42.9, "coco_finetuned_ap": 52.9, "lvis_minival_ap": 14.2,
+                     "odinw13_ap": 28.7},
+        ),
+        Preset(
+            name="glip_t_b",
+            description="GLIP-T (B): Swin-T with deep fusion, pre-trained on Objects365",
+            config=_GLIP_T,
+            checkpoint="glip_tiny_model_o365.pth",
+            official_config="configs/pretrain/glip_Swin_T_O365.yaml",
+            metrics={"coco_zero_shot_ap": 44.9, "coco_finetuned_ap": 53.8, "lvis_minival_ap": 13.5,
+                     "odinw13_ap": 33.2},
+        ),
+        Preset(
+            name="glip_t_c",
+            description="GLIP-T (C): Swin-T with deep fusion, Objects365 + GoldG",
+            config=_GLIP_T,
+            checkpoint="glip_tiny_model_o365_goldg.pth",
+            official_config="configs/pretrain/glip_Swin_T_O365_GoldG.yaml",
+            metrics={"coco_zero_shot_ap": 46.7, "coco_finetuned_ap": 55.1, "lvis_val_ap": 14.3,
+                     "lvis_minival_ap": 17.7, "odinw13_ap": 44.4},
+        ),
+        Preset(
+            name="glip_t",
+            description="GLIP-T: Swin-T with deep fusion, Objects365 + GoldG + CC3M + SBU",
+            config=_GLIP_T,
+            checkpoint="glip_tiny_model_o365_goldg_cc_sbu.pth",
+            official_config="configs/pretrain/glip_Swin_T_O365_GoldG.yaml",
+            metrics={"coco_zero_shot_ap": 46.6, "coco_finetuned_ap": 55.2, "lvis_val_ap": 17.6,
+                     "lvis_minival_ap": 20.1, "odinw13_ap": 42.7},
+        ),
+        Preset(
+            name="glip_l",
+            description="GLIP-L: Swin-L with deep fusion, FourODs + GoldG + CC3M/12M + SBU",
+            config=_GLIP_L,
+            checkpoint="glip_large_model.pth",
+            official_config="configs/pretrain/glip_Swin_L.yaml",
+            metrics={"coco_zero_shot_ap": 51.4, "coco_finetuned_ap": 61.7, "lvis_val_ap": 29.3,
+                     "lvis_minival_ap": 30.1, "odinw13_ap": 51.2},
+        ),
+    )
+}
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise KeyError(f"unknown model preset {name!r}; available: {', '.join(sorted(PRESETS))}") from None

