@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,9 +124,10 @@ class GLIP(GLIPModel):
 
     def save_pretrained(self, directory: str | Path, metadata: dict[str, Any] | None = None) -> Path:
         """Write ``model.safetensors``, ``config.json`` and ``tokenizer/vocab.txt`` atomically."""
-        vocab = Path(self.tokenizer.vocab_file) if getattr(self.tokenizer, "vocab_file", None) else None
         info = {"default_threshold": self.default_threshold, **(metadata or {})}
-        return loading.write_pretrained_dir(directory, self.config, self.state_dict(), vocab, info)
+        with tempfile.TemporaryDirectory() as scratch:
+            vocab = self.tokenizer.save_vocabulary(scratch)[0]
+            return loading.write_pretrained_dir(directory, self.config, self.state_dict(), vocab, info)
 
     @property
     def tokenizer(self):

@@ -1,0 +1,146 @@
+"""The public API: loading, predict (single, batch, chunked prompts), saving, bad input."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from glip import GLIP, Detections
+from glip.processing import default_offline_vocab_dir
+
+TINY = "glip_tiny_parity"
+
+
+@lru_cache(maxsize=None)
+def _tiny(reference_dir: Path) -> GLIP:
+    folder = reference_dir / TINY
+    return GLIP.from_official(folder / "checkpoint.pth", folder / "config.yaml", folder / "text_config.json",
+                              default_offline_vocab_dir())
+
+
+@pytest.fixture
+def model(reference_dir: Path) -> GLIP:
+    return _tiny(reference_dir)
+
+
+@pytest.fixture
+def image_path(reference_dir: Path) -> Path:
+    return reference_dir / TINY / "case_a_astronaut.png"
+
+
+def test_predict_single_image_types(model: GLIP, image_path: Path) -> None:
+    from_path = model.predict(image_path, classes=["person", "cup"], threshold=0.3, min_size=160)
+    pil = Image.open(image_path)
+    from_pil = model.predict(pil, classes=["person", "cup"], threshold=0.3, min_size=160)
+    from_array = model.predict(np.asarray(pil.convert("RGB")), classes=["person", "cup"], threshold=0.3, min_size=160)
+    assert isinstance(from_path, Detections) and len(from_path) > 0
+    for other in (from_pil, from_array):
+        assert torch.equal(other.boxes, from_path.boxes) and torch.equal(other.scores, from_path.scores)
+    assert set(from_path.labels.tolist()) <= {1, 2}
+    assert all(phrase in {"person", "cup"} for phrase in from_path.phrases)
+    assert (from_path.scores > 0.3).all()
+    assert from_path.boxes[:, 2].max() <= 255 and from_path.boxes[:, 3].max() <= 255
+
+
+def test_batch_reports_bad_items_and_goes_on(model: GLIP, image_path: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff not really a jpeg")
+    results = model.predict([image_path, broken, tmp_path / "missing.png", image_path], classes=["person"],
+                            threshold=0.3, min_size=128)
+    assert results[1] is None and results[2] is None
+    assert torch.equal(results[0].scores, results[3].scores)
+    with pytest.raises(ValueError, match="broken.jpg"):
+        model.predict(broken, classes=["person"])
+
+
+def test_grounding_with_spans(model: GLIP, image_path: Path) -> None:
+    caption = "a person holding a red flag"
+    detections = model.predict(image_path, caption=caption, spans=[(2, 8), (19, 27)], threshold=0.0, min_size=128)
+    assert set(detections.phrases) <= {"person", "red flag"}
+    assert set(detections.labels.tolist()) <= {1, 2}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"classes": []}, "classes is empty"),
+        ({"classes": ["person", "  "]}, r"classes\[1\]"),
+        ({"caption": "   "}, "caption is empty"),
+        ({"caption": "a dog", "spans": [(2, 40)]}, r"spans\[0\]"),
+        ({"caption": "a dog", "spans": [(3, 2)]}, r"spans\[0\]"),
+        ({}, "exactly one of"),
+        ({"classes": ["a"], "caption": "a"}, "exactly one of"),
+    ],
+)
+def test_bad_prompts_are_named(model: GLIP, image_path: Path, kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        model.predict(image_path, **kwargs)
+
+
+def test_long_class_lists_are_chunked_with_global_labels(model: GLIP, image_path: Path) -> None:
+    """Past 256 tokens, the prompt splits at class boundaries; labels stay global."""
+    classes = [f"object number {index} of many kinds" for index in range(60)]
+    prompts = model.build_prompts(classes=classes)
+    assert len(prompts) >= 2
+    assert [label for prompt in prompts for label in prompt.label_ids] == list(range(1, 61))
+    first = prompts[0].phrases
+    merged = model.predict(image_path, classes=classes, threshold=0.0, min_size=128, max_detections=300)
+    alone = model.predict(image_path, classes=first, threshold=0.0, min_size=128, max_detections=300)
+    assert merged.labels.max().item() > len(first), "later chunks produce detections too"
+    in_first = merged.labels <= len(first)
+    # Each chunk is scored exactly as its own prompt would be (the backbone ran once for both).
+    expected = {(round(s, 6), tuple(round(v, 3) for v in b)) for s, b in zip(alone.scores.tolist(), alone.boxes.tolist())}
+    got = {(round(s, 6), tuple(round(v, 3) for v in b))
+           for s, b in zip(merged.scores[in_first].tolist(), merged.boxes[in_first].tolist())}
+    assert got <= expected and len(got) > 0
+
+
+def test_save_and_load_pretrained_round_trip(model: GLIP, image_path: Path, tmp_path: Path) -> None:
+    directory = model.save_pretrained(tmp_path / "tiny")
+    assert (directory / "model.safetensors").is_file() and (directory / "tokenizer" / "vocab.txt").is_file()
+    loaded = GLIP.from_pretrained(directory)
+    first = model.predict(image_path, classes=["person", "tie"], threshold=0.2, min_size=128)
+    second = loaded.predict(image_path, classes=["person", "tie"], threshold=0.2, min_size=128)
+    assert torch.equal(first.scores, second.scores) and torch.equal(first.boxes, second.boxes)
+    assert not list(tmp_path.glob(".tiny.*")), "no staging folder left behind"
+
+
+def test_unknown_preset_lists_available() -> None:
+    with pytest.raises(FileNotFoundError, match="glip_t_a"):
+        GLIP.from_pretrained("glip_huge")
+
+
+def test_offline_preset_download_fails_fast_with_instructions(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(FileNotFoundError) as error:
+        GLIP.from_pretrained("glip_t")
+    message = str(error.value)
+    assert "glip_tiny_model_o365_goldg_cc_sbu.pth" in message and "huggingface.co/GLIPModel/GLIP" in message
+
+
+def test_text_padding_does_not_change_outputs(model: GLIP, image_path: Path) -> None:
+    """BERT + fusion + head ignore pad tokens: a 256-token prompt equals its unpadded form."""
+    from glip.processing import preprocess_images, tokenize_captions
+
+    batch = preprocess_images([image_path], 128)
+    tokens = tokenize_captions(["person . tie . "], model.tokenizer)
+    length = int(tokens.attention_mask.sum())
+    with torch.no_grad():
+        visual = model.encode_image(batch.pixels)
+        padded = model.fuse_and_predict(visual, model.encode_text(tokens.input_ids, tokens.attention_mask))
+        short = model.fuse_and_predict(
+            visual, model.encode_text(tokens.input_ids[:, :length], tokens.attention_mask[:, :length]))
+    for a, b in zip(padded.dot_product_logits, short.dot_product_logits):
+        torch.testing.assert_close(a[..., :length], b, atol=1e-4, rtol=1e-4)
+    for a, b in zip(padded.box_regression, short.box_regression):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
