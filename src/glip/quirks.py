@@ -77,3 +77,39 @@ def reread_as_output_size(buffer: torch.Tensor, height: int, width: int) -> torc
         )
     # [B, C, H, W] -> [B, C*H*W] -> first C*height*width values -> [B, C, height, width]
     return buffer.reshape(batch, -1)[:, :needed].reshape(batch, channels, height, width)
+
+
+# Training: a background anchor's token target is a 1 at this index, a "no object" token
+# (official ``rpn/loss.py:ATSSLossComputation.prepare_targets``: ``unmatched_labels[-1] = 1`` on
+# the 256-wide positive map, MAX_QUERY_LEN 256). The token focal loss only keeps the tokens of the
+# attention mask, so this target counts only for a caption that fills all 256 tokens; otherwise a
+# background anchor has all-zero targets. Pinned by tests/parity/test_loss_parity.py.
+NO_OBJECT_TOKEN_INDEX: int = 255
+
+
+def background_token_targets(num_tokens: int, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
+    """The token targets of a background anchor: ``[num_tokens]`` zeros with a 1 at
+    :data:`NO_OBJECT_TOKEN_INDEX` when the text is that long (a shorter padding leaves no such
+    column, and the official target there is masked out anyway)."""
+    targets = torch.zeros(num_tokens, dtype=dtype, device=device)
+    if NO_OBJECT_TOKEN_INDEX < num_tokens:
+        targets[NO_OBJECT_TOKEN_INDEX] = 1
+    return targets
+
+
+# Training prompts of detection data join class names with ". " and put nothing after the last
+# name ("person. flag. rocket"; official DATASETS.SEPARATION_TOKENS ". " of the pre-training configs,
+# ``data/datasets/od_to_grounding.py``), unlike the demo's " . " after every name (CLASS_SEPARATOR).
+# Pinned by tests/parity/test_train_inputs_parity.py.
+TRAIN_CLASS_SEPARATOR: str = ". "
+
+
+def cosine_schedule_progress(step: int, warmup_steps: int, max_steps: int) -> float:
+    """Progress through the cosine learning-rate decay after the warm-up.
+
+    The official ``solver/lr_scheduler.py:WarmupCosineAnnealingLR`` divides the steps after the
+    warm-up by ALL ``max_steps`` (not ``max_steps - warmup_steps``), so the cosine reaches
+    ``(1 + cos(pi * (max - warmup) / max)) / 2`` at the end instead of 0: the last lr stays above
+    the floor. Recipes tuned on official runs keep this; pinned by tests/training/test_optim.py.
+    """
+    return (step - warmup_steps) / max_steps

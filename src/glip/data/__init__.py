@@ -1,0 +1,27 @@
+"""Training data: datasets (COCO detection, MDETR grounding, ODVG), transforms, prompts, batching."""
+
+from glip.data.collate import Batch, Collator, Target, collate
+from glip.data.datasets import (
+    BoxStats,
+    DetectionDataset,
+    GroundingDataset,
+    MixedDataset,
+    ODVGDataset,
+    Sample,
+)
+from glip.data.transforms import TestTransforms, TrainTransforms
+
+__all__ = [
+    "Batch",
+    "BoxStats",
+    "Collator",
+    "DetectionDataset",
+    "GroundingDataset",
+    "MixedDataset",
+    "ODVGDataset",
+    "Sample",
+    "Target",
+    "TestTransforms",
+    "TrainTransforms",
+    "collate",
+]
