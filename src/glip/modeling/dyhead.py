@@ -16,10 +16,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import deform_conv2d
 
 from glip import quirks
 from glip.config import GLIPConfig
+from glip.modeling.deform_conv import modulated_deform_conv2d
 from glip.modeling.fusion import VisionLanguageFusion
 from glip.modeling.text_layer import TextEncoderLayer
 
@@ -73,7 +73,7 @@ class ModulatedDeformConv2d(nn.Module):
         # offsets come from a finer level they are re-read, not resized (quirk 8).
         offset = quirks.reread_as_output_size(offset, out_height, out_width)
         mask = quirks.reread_as_output_size(mask, out_height, out_width)
-        return deform_conv2d(x, offset, self.weight, self.bias, stride=self.stride, padding=self.padding, mask=mask)
+        return modulated_deform_conv2d(x, offset, mask, self.weight, self.bias, self.stride, self.padding)
 
 
 class ConvNorm(nn.Module):

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from glip.config import GLIPConfig
 from glip.modeling.dyhead import DyHeadTower
+from glip.modeling.efficientnet import EfficientNetLiteBackbone
 from glip.modeling.fpn import FPN
 from glip.modeling.head import GroundingHead, HeadOutputs
 from glip.modeling.language import LanguageBackbone, TextFeatures, freeze
@@ -43,7 +44,10 @@ class GLIPModel(nn.Module):
     def __init__(self, config: GLIPConfig) -> None:
         super().__init__()
         self.config = config
-        self.backbone = SwinBackbone.from_config(config.swin)
+        if config.backbone == "efficientnet_lite0":
+            self.backbone = EfficientNetLiteBackbone(input_is_bgr=True)
+        else:
+            self.backbone = SwinBackbone.from_config(config.swin)
         self.fpn = FPN.from_config(config.fpn, in_channels=self.backbone.out_channels[1:])
         self.language = LanguageBackbone(config.language.bert)
         text_dim = self.language.hidden_size
@@ -62,13 +66,13 @@ class GLIPModel(nn.Module):
         )
         if config.language.freeze:
             freeze(self.language)
-        if config.swin.freeze_at >= 0:
+        if config.backbone == "swin" and config.swin.freeze_at >= 0:
             self.backbone.freeze_stages(config.swin.freeze_at)
 
     def encode_image(self, images: Tensor) -> list[Tensor]:
         """``[B, 3, H, W]`` -> FPN levels P3..P7, each ``[B, C, H_l, W_l]``."""
         stages = self.backbone(images)
-        # Swin stage 2 (stride 4) is not used by the FPN (official SWINT-FPN-RETINANET).
+        # The stride-4 stage is not used by the FPN (official SWINT-FPN-RETINANET).
         return self.fpn(stages[1:])
 
     def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> TextFeatures:
