@@ -1,0 +1,20 @@
+"""Training objective: ATSS assignment (:mod:`.assign`) and the GLIP losses (:mod:`.criterion`)."""
+
+from glip.losses.assign import AtssAssignment, atss_assign
+from glip.losses.criterion import (
+    GLIPCriterion,
+    TargetLike,
+    centerness_targets,
+    giou_loss,
+    token_sigmoid_focal_loss,
+)
+
+__all__ = [
+    "AtssAssignment",
+    "GLIPCriterion",
+    "TargetLike",
+    "atss_assign",
+    "centerness_targets",
+    "giou_loss",
+    "token_sigmoid_focal_loss",
+]
