@@ -103,6 +103,63 @@ def command_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_demo(args: argparse.Namespace) -> int:
+    from glip.data.shapes_world import SHAPES, synthesize
+    from glip.pipeline import GLIP
+    from glip.visualize import detect_and_save
+
+    scene = args.out / "scene"
+    paths = synthesize(scene, 1, args.seed, "test", show_progress=False, overwrite=True)
+    image = sorted(paths["images"].iterdir())[0]
+    classes = [name.strip() for name in args.classes.split(",")] if args.classes else list(SHAPES)
+    model = GLIP.from_pretrained(args.model, device=args.device)
+    report = detect_and_save(model, [image], args.out, classes=classes, threshold=args.threshold)
+    for phrase, score, box in zip(report[0]["phrases"], report[0]["scores"], report[0]["boxes"]):
+        print(f"{phrase:>16s} {score:.2f} [{', '.join(f'{v:.0f}' for v in box)}]")
+    print(f"wrote {report[0]['picture']} and {args.out / 'detections.json'}")
+    return 0
+
+
+def command_eval(args: argparse.Namespace) -> int:
+    from glip.visualize import write_json_atomic
+
+    model = load_model_from_args(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.protocol == "shapes":
+        from glip.evaluation.shapes import evaluate_shapes_world
+
+        metrics = evaluate_shapes_world(model, args.split_dir, batch_size=args.batch_size)
+    else:
+        from glip.evaluation.coco import evaluate_coco
+
+        evaluation = evaluate_coco(model, args.annotations, args.images, batch_size=args.batch_size,
+                                   min_size=args.min_size, max_size=args.max_size)
+        write_json_atomic(args.out / "results.json", evaluation.results)
+        metrics = {**evaluation.metrics, "per_category_AP": evaluation.per_category_ap}
+    write_json_atomic(args.out / "metrics.json", metrics)
+    for key, value in metrics.items():
+        if isinstance(value, float):
+            print(f"{key:>20s} {value:.4f}")
+    print(f"wrote {args.out / 'metrics.json'}")
+    return 0
+
+
+def command_train(args: argparse.Namespace) -> int:
+    from glip.training.loop import train_command
+
+    return train_command(args.config, args.set or [], args.resume)
+
+
+def command_pseudo_label(args: argparse.Namespace) -> int:
+    from glip.data.pseudo_label import pseudo_label, shapes_world_phrases
+
+    model = load_model_from_args(args)
+    extractor = shapes_world_phrases if args.phrases == "shapes" else None
+    stats = pseudo_label(model, args.captions, args.images, args.out, args.threshold, extractor)
+    print(f"wrote {args.out}: " + ", ".join(f"{key} {value}" for key, value in stats.items()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="glip", description="GLIP: detect anything a text prompt names.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
@@ -139,6 +196,47 @@ def build_parser() -> argparse.ArgumentParser:
                        help="which split (default: train; held-out pairs are never named in train text)")
     synth.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     synth.set_defaults(handler=command_synth)
+
+    demo = commands.add_parser("demo", help="draw a Shapes-world scene and detect in it with GLIP-Nano (offline)")
+    demo.add_argument("--out", type=Path, default=Path("outputs/demo"), help="output folder (default: outputs/demo)")
+    demo.add_argument("--seed", type=int, default=7, help="scene seed (default: 7)")
+    demo.add_argument("--classes", help="comma-separated prompt (default: the six shape names)")
+    demo.add_argument("--model", default="glip_nano", help="model preset or directory (default: glip_nano)")
+    demo.add_argument("--threshold", type=float, default=None, help="score threshold (default: the model's)")
+    demo.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    demo.set_defaults(handler=command_demo)
+
+    evaluate = commands.add_parser("eval", help="evaluate a model (COCO-style detection, Shapes world)")
+    protocols = evaluate.add_subparsers(dest="protocol", required=True)
+    coco = protocols.add_parser("coco", help="COCO AP on any COCO JSON (prompt = its category names)")
+    coco.add_argument("--annotations", type=Path, required=True, help="COCO detection JSON")
+    coco.add_argument("--images", type=Path, required=True, help="image folder of the JSON's file names")
+    coco.add_argument("--min-size", type=int, default=800, help="test resize, shorter side (official 800)")
+    coco.add_argument("--max-size", type=int, default=1333, help="test resize, longer-side cap (official 1333)")
+    shapes = protocols.add_parser("shapes", help="the three Shapes-world evaluations on a generated split")
+    shapes.add_argument("--split-dir", type=Path, required=True, help="folder written by `glip synth`")
+    for sub in (coco, shapes):
+        sub.add_argument("--out", type=Path, required=True, help="output folder (metrics.json, results.json)")
+        sub.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+        _add_model_arguments(sub)
+        sub.set_defaults(handler=command_eval)
+
+    train = commands.add_parser("train", help="train or fine-tune from a recipe YAML (see configs/)")
+    train.add_argument("config", type=Path, help="training recipe YAML")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a recipe value, e.g. --set optimizer.lr=1e-5 (repeatable)")
+    train.add_argument("--resume", action="store_true", help="continue from the output folder's latest checkpoint")
+    train.set_defaults(handler=command_train)
+
+    pseudo = commands.add_parser("pseudo-label", help="ground the noun phrases of image-caption pairs with a teacher")
+    pseudo.add_argument("--captions", type=Path, required=True, help="JSON list of {file_name, caption}")
+    pseudo.add_argument("--images", type=Path, required=True, help="image folder of the file names")
+    pseudo.add_argument("--out", type=Path, required=True, help="grounding JSON to write (MDETR style)")
+    pseudo.add_argument("--threshold", type=float, default=0.5, help="keep boxes scoring at least this (default 0.5)")
+    pseudo.add_argument("--phrases", choices=["nltk", "shapes"], default="nltk",
+                        help="noun-phrase extractor: NLTK (needs nltk + tagger data) or the Shapes-world vocabulary")
+    _add_model_arguments(pseudo)
+    pseudo.set_defaults(handler=command_pseudo_label)
 
     models = commands.add_parser("models", help="list model presets")
     models.set_defaults(handler=command_models)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 from collections.abc import Sequence
@@ -257,15 +258,16 @@ class GLIP(GLIPModel):
             pixel_mean=self.config.input.pixel_mean,
             pixel_std=self.config.input.pixel_std,
         )
-        postprocessor = self._postprocessor(nms_threshold, max_detections)
+        postprocessor = self.postprocessor(nms_threshold, max_detections)
         detections = self.detect_batch(
             batch.pixels.to(self.device), batch.image_sizes, prompts, postprocessor, batch.original_sizes
         )[0]
         return detections.above(self.default_threshold if threshold is None else threshold)
 
-    def _postprocessor(self, nms_threshold: float | None, max_detections: int | None) -> GroundingPostProcessor:
-        import dataclasses
-
+    def postprocessor(
+        self, nms_threshold: float | None = None, max_detections: int | None = None
+    ) -> GroundingPostProcessor:
+        """The decoder of raw outputs, with the config's settings unless overridden."""
         settings = self.config.postprocess
         if nms_threshold is not None:
             settings = dataclasses.replace(settings, nms_threshold=nms_threshold)

@@ -243,3 +243,17 @@ def test_deform_conv_on_coarser_level_rereads_each_sample() -> None:
                 coarser[sample : sample + 1], sample_offset, conv.weight, conv.bias, padding=1, mask=sample_mask
             )
             torch.testing.assert_close(batched[sample : sample + 1], expected)
+
+
+def test_half_precision_fusion_masks_padding_without_overflow() -> None:
+    """The -9e15 text mask does not fit fp16: it is applied in float32 as the official code does."""
+    from glip.modeling.fusion import BiAttention
+
+    attention = BiAttention(16, 8, 32, 4, 0.0)
+    vision, text = torch.randn(2, 20, 16), torch.randn(2, 5, 8)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    reference = attention(vision, text, mask)
+    half = attention.half()(vision.half(), text.half(), mask)
+    for low, high in zip(half, reference):
+        assert low.dtype == torch.float16 and torch.isfinite(low).all()
+        torch.testing.assert_close(low.float(), high, atol=2e-2, rtol=2e-2)

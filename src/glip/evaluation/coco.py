@@ -65,7 +65,7 @@ def predict_coco_images(
     """
     image_dir = Path(image_dir)
     prompts = [model.encode_prompt(prompt) for prompt in model.build_prompts(classes=list(class_names))]
-    postprocessor = model._postprocessor(None, max_detections)
+    postprocessor = model.postprocessor(max_detections=max_detections)
     min_size = min_size or model.config.input.min_size_test
     max_size = max_size if max_size is not None else (model.config.input.max_size_test or None)
     results: list[dict[str, Any]] = []

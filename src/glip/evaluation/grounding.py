@@ -76,7 +76,7 @@ def evaluate_grounding(
         by_image[annotation["image_id"]].append(annotation)
     min_size = min_size or model.config.input.min_size_test
     max_size = max_size if max_size is not None else (model.config.input.max_size_test or None)
-    postprocessor = model._postprocessor(None, None)
+    postprocessor = model.postprocessor()
     found = [0] * len(ks)
     total = 0
     for entry in tqdm(data["images"], desc="grounding", unit="caption", leave=False):

@@ -73,6 +73,12 @@ class ModulatedDeformConv2d(nn.Module):
         # offsets come from a finer level they are re-read, not resized (quirk 8).
         offset = quirks.reread_as_output_size(offset, out_height, out_width)
         mask = quirks.reread_as_output_size(mask, out_height, out_width)
+        if torch.is_autocast_enabled(x.device.type):
+            # Run in float32 under mixed precision, as torchvision's CUDA autocast rule for
+            # deform_conv2d does (features, offsets and masks arrive in mixed dtypes).
+            with torch.autocast(x.device.type, enabled=False):
+                return modulated_deform_conv2d(x.float(), offset.float(), mask.float(), self.weight.float(),
+                                               self.bias.float(), self.stride, self.padding)
         return modulated_deform_conv2d(x, offset, mask, self.weight, self.bias, self.stride, self.padding)
 
 

@@ -131,8 +131,10 @@ class BiAttention(nn.Module):
         text_probs = F.dropout(scores.softmax(dim=1), p=self.dropout, training=self.training)  # [B, N, h, T]
         # Text->image: each position's distribution over the tokens, padded tokens masked.
         if text_mask is not None:
-            scores = scores + text_attention_bias(text_mask, scores.dtype)  # + [B, 1, 1, T]
-        vision_probs = F.dropout(scores.softmax(dim=-1), p=self.dropout, training=self.training)  # [B, N, h, T]
+            # The official mask is float32, so fp16 scores are promoted (-9e15 does not fit fp16).
+            bias = text_attention_bias(text_mask, torch.promote_types(scores.dtype, torch.float32))
+            scores = scores + bias  # + [B, 1, 1, T]
+        vision_probs = F.dropout(scores.softmax(dim=-1).to(text_probs.dtype), p=self.dropout, training=self.training)  # [B, N, h, T]
 
         # Visual update: probs @ text values, then the output projection, folded per head into
         # [T, C] matrices: sum_h probs_h @ (value_h @ W_out_h^T) + b_out.

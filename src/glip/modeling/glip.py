@@ -69,6 +69,13 @@ class GLIPModel(nn.Module):
         if config.backbone == "swin" and config.swin.freeze_at >= 0:
             self.backbone.freeze_stages(config.swin.freeze_at)
 
+    def train(self, mode: bool = True) -> GLIPModel:
+        super().train(mode)
+        if self.config.language.freeze:
+            # A frozen language backbone runs as in inference: no dropout.
+            self.language.eval()
+        return self
+
     def encode_image(self, images: Tensor) -> list[Tensor]:
         """``[B, 3, H, W]`` -> FPN levels P3..P7, each ``[B, C, H_l, W_l]``."""
         stages = self.backbone(images)
