@@ -71,3 +71,11 @@ def test_argument_errors_are_clear(reference_dir: Path, tmp_path: Path, capsys) 
         main(["detect", image, "--caption", "a dog", "--span", "x:y"])
     assert main(["detect", image, "--classes", "dog", "--model", "no_such_model", "--out", str(tmp_path)]) == 2
     assert "no_such_model" in capsys.readouterr().err
+
+
+def test_demo_runs_offline_with_the_bundled_nano(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["demo", "--out", str(tmp_path), "--seed", "3"]) == 0
+    report = json.loads((tmp_path / "detections.json").read_text())
+    assert Path(report[0]["picture"]).is_file()
+    assert set(report[0]["phrases"]) <= {"circle", "square", "triangle", "star", "hexagon", "cross"}

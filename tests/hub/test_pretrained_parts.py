@@ -38,3 +38,12 @@ def test_frozen_minilm_is_not_stored(tmp_path) -> None:
 
     with pytest.raises(ValueError, match="differ from MiniLM"):
         model.save_pretrained(tmp_path / "changed", language_from_package=True)
+
+
+def test_bundled_nano_is_small_and_loads_offline() -> None:
+    from glip.hub.loading import bundled_weights_dir
+
+    weights = bundled_weights_dir() / "glip_nano" / "model.safetensors"
+    assert weights.stat().st_size < 40 * 2**20, "the committed GLIP-Nano must stay a few tens of MB"
+    model = GLIP.from_pretrained("glip_nano")
+    assert model.config.backbone == "efficientnet_lite0" and not model.training

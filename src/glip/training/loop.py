@@ -96,6 +96,7 @@ def build_model(recipe: TrainRecipe) -> GLIP:
     """The model to train: the recipe's preset / directory / config, with its overrides, freezing
     and gradient-checkpointing settings; randomly initialised from ``recipe.seed`` unless pretrained."""
     pretrained: GLIP | None = None
+    preset = None
     if isinstance(recipe.model, dict):
         try:
             config = GLIPConfig.from_dict(recipe.model)
@@ -122,7 +123,7 @@ def build_model(recipe: TrainRecipe) -> GLIP:
 
     if pretrained is None:
         torch.manual_seed(recipe.seed)
-        model = GLIP(config)
+        model = GLIP(config, preset.default_threshold) if preset is not None else GLIP(config)
         if recipe.init_pretrained_parts:
             load_pretrained_parts(model)
     elif config == pretrained.config:
