@@ -28,10 +28,10 @@ def draw_detections(image: Image.Image, detections: Detections) -> Image.Image:
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default()
     width = max(1, round(max(canvas.size) / 300))
-    for box, score, label, phrase in zip(
-        detections.boxes.tolist(), detections.scores.tolist(), detections.labels.tolist(),
-        detections.phrases or [""] * len(detections),
-    ):
+    rows = list(zip(detections.boxes.tolist(), detections.scores.tolist(), detections.labels.tolist(),
+                    detections.phrases or [""] * len(detections)))
+    # Lowest scores first, so the best label of overlapping boxes is drawn on top.
+    for box, score, label, phrase in sorted(rows, key=lambda row: row[1]):
         color = _PALETTE[int(label) % len(_PALETTE)]
         draw.rectangle(box, outline=color, width=width)
         text = f"{phrase or label} {score:.2f}"
