@@ -16,13 +16,13 @@ from torch import Tensor
 from glip.config import GLIPConfig
 from glip.hub import loading
 from glip.hub.convert import check_state_dict
-from glip.hub.presets import Preset
 from glip.hub.pretrained_parts import LANGUAGE_PREFIX, MINILM_SOURCE, minilm_state_dict
 from glip.modeling.anchors import AnchorGenerator
 from glip.modeling.glip import GLIPModel
 from glip.modeling.language import TextFeatures
 from glip.modeling.postprocess import Detections, GroundingPostProcessor
 from glip.processing import (
+    ImageBatch,
     ImageInput,
     Prompt,
     build_class_prompts,
@@ -104,11 +104,6 @@ class GLIP(GLIPModel):
         config, state_dict, metadata = loading.read_pretrained_dir(path)
         threshold = float(metadata.get("default_threshold", preset.default_threshold if preset else DEFAULT_THRESHOLD))
         return cls._from_state_dict(config, state_dict, str(path), threshold, device)
-
-    @classmethod
-    def from_preset(cls, preset: Preset) -> GLIP:
-        """A randomly initialised model of a preset's architecture (no download)."""
-        return cls(preset.config, preset.default_threshold)
 
     @classmethod
     def _from_state_dict(
@@ -250,19 +245,30 @@ class GLIP(GLIPModel):
         max_size: int | None = None,
     ) -> Detections:
         """:meth:`predict` for one image and prompts already encoded by :meth:`encode_prompt`."""
-        batch = preprocess_images(
-            [image],
+        batch = self.preprocess([image], min_size, max_size)
+        postprocessor = self.postprocessor(nms_threshold, max_detections)
+        detections = self.detect_batch(
+            batch.pixels.to(self.device), batch.image_sizes, prompts, postprocessor, batch.original_sizes
+        )[0]
+        return detections.above(self.default_threshold if threshold is None else threshold)
+
+    def preprocess(
+        self, images: Sequence[ImageInput], min_size: int | None = None, max_size: int | None = None
+    ) -> ImageBatch:
+        """Load, resize, normalise and pad images as this model expects.
+
+        Args:
+            min_size / max_size: shorter-side size and optional cap of the longer side; default the
+                config's test sizes (the official demo's 800, no cap, for official models).
+        """
+        return preprocess_images(
+            images,
             min_size or self.config.input.min_size_test,
             max_size if max_size is not None else (self.config.input.max_size_test or None),
             size_divisibility=self.config.input.size_divisibility,
             pixel_mean=self.config.input.pixel_mean,
             pixel_std=self.config.input.pixel_std,
         )
-        postprocessor = self.postprocessor(nms_threshold, max_detections)
-        detections = self.detect_batch(
-            batch.pixels.to(self.device), batch.image_sizes, prompts, postprocessor, batch.original_sizes
-        )[0]
-        return detections.above(self.default_threshold if threshold is None else threshold)
 
     def postprocessor(
         self, nms_threshold: float | None = None, max_detections: int | None = None

@@ -19,7 +19,6 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from glip.processing import preprocess_images
 
 logger = logging.getLogger(__name__)
 
@@ -66,17 +65,11 @@ def predict_coco_images(
     image_dir = Path(image_dir)
     prompts = [model.encode_prompt(prompt) for prompt in model.build_prompts(classes=list(class_names))]
     postprocessor = model.postprocessor(max_detections=max_detections)
-    min_size = min_size or model.config.input.min_size_test
-    max_size = max_size if max_size is not None else (model.config.input.max_size_test or None)
     results: list[dict[str, Any]] = []
     for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False):
         entries = images[start : start + batch_size]
         try:
-            batch = preprocess_images(
-                [image_dir / entry["file_name"] for entry in entries], min_size, max_size,
-                size_divisibility=model.config.input.size_divisibility,
-                pixel_mean=model.config.input.pixel_mean, pixel_std=model.config.input.pixel_std,
-            )
+            batch = model.preprocess([image_dir / entry["file_name"] for entry in entries], min_size, max_size)
         except (OSError, ValueError) as error:
             raise ValueError(f"{image_dir}: cannot read an image of batch starting at {entries[0]['file_name']}: "
                              f"{error}") from error

@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from glip.modeling.postprocess import Detections
-from glip.processing import Prompt, build_grounding_prompt, preprocess_images
+from glip.processing import Prompt, build_grounding_prompt
 
 
 def _box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
@@ -74,8 +74,6 @@ def evaluate_grounding(
     by_image = defaultdict(list)
     for annotation in data.get("annotations", []):
         by_image[annotation["image_id"]].append(annotation)
-    min_size = min_size or model.config.input.min_size_test
-    max_size = max_size if max_size is not None else (model.config.input.max_size_test or None)
     postprocessor = model.postprocessor()
     found = [0] * len(ks)
     total = 0
@@ -85,9 +83,7 @@ def evaluate_grounding(
             continue
         prompt: Prompt = build_grounding_prompt(entry["caption"], [spans for spans, _ in phrases], model.tokenizer,
                                                 model.config.language.max_query_len)
-        batch = preprocess_images([Path(image_dir) / entry["file_name"]], min_size, max_size,
-                                  size_divisibility=model.config.input.size_divisibility,
-                                  pixel_mean=model.config.input.pixel_mean, pixel_std=model.config.input.pixel_std)
+        batch = model.preprocess([Path(image_dir) / entry["file_name"]], min_size, max_size)
         with torch.no_grad():
             detections = model.detect_batch(batch.pixels.to(model.device), batch.image_sizes,
                                             [model.encode_prompt(prompt)], postprocessor, batch.original_sizes)[0]
