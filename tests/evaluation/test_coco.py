@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from glip.evaluation.coco import coco_metrics, evaluate_coco
-from glip.evaluation.grounding import evaluate_grounding
+from eval_fixtures import write_coco
 from glip.data.shapes_world import synthesize
+from glip.evaluation.coco import METRIC_NAMES, coco_metrics, evaluate_coco, evaluate_detection
+from glip.evaluation.grounding import evaluate_grounding
+from glip.evaluation.runner import RunOptions
 
 
 def _fixture(tmp_path: Path) -> tuple[Path, list[dict]]:
@@ -54,13 +56,8 @@ def test_metrics_equal_pycocotools(tmp_path: Path) -> None:
     assert set(ours.per_category_ap) == {"a", "b", "c"}
 
 
-def test_end_to_end_on_a_small_split(reference_dir: Path, tmp_path: Path) -> None:
-    from glip.pipeline import GLIP
-    from glip.processing import default_offline_vocab_dir
-
-    folder = reference_dir / "glip_tiny_parity"
-    model = GLIP.from_official(folder / "checkpoint.pth", folder / "config.yaml", folder / "text_config.json",
-                               default_offline_vocab_dir())
+def test_end_to_end_on_a_small_split(tiny_model, tmp_path: Path) -> None:
+    model = tiny_model
     split = synthesize(tmp_path / "split", 4, seed=11, split="test", show_progress=False)
     evaluation = evaluate_coco(model, split["detection"], split["images"], batch_size=2, min_size=160)
     assert evaluation.results and {"image_id", "category_id", "bbox", "score"} <= set(evaluation.results[0])
@@ -68,3 +65,82 @@ def test_end_to_end_on_a_small_split(reference_dir: Path, tmp_path: Path) -> Non
     assert set(evaluation.metrics) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
     recall = evaluate_grounding(model, split["grounding"], split["images"], ks=(1, 5), min_size=160)
     assert recall["phrases"] > 0 and 0 <= recall["R@1"] <= recall["R@5"] <= 1
+
+
+# --------------------------------------------------------------------------------------------------
+# glip eval coco: outputs, resumption, bad input
+# --------------------------------------------------------------------------------------------------
+
+CATEGORIES = ["cat", "dog", "traffic_light"]
+
+
+def test_outputs_and_cleaned_prompt(tiny_model, tmp_path: Path) -> None:
+    annotations, images = write_coco(tmp_path / "data", CATEGORIES, num_images=5)
+    out = tmp_path / "out"
+    evaluation = evaluate_detection(tiny_model, annotations, images, min_size=64, max_size=96,
+                                    run=RunOptions(batch_size=2, out=out, progress=False))
+    results = json.loads((out / "results.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert results == evaluation.results and results
+    assert {"image_id", "category_id", "bbox", "score"} == set(results[0])
+    assert {record["category_id"] for record in results} <= {1, 2, 3}
+    assert set(METRIC_NAMES) <= set(metrics) and metrics["images"] == 5
+    assert set(metrics["per_category_AP"]) == set(CATEGORIES)
+    assert "| traffic_light |" in (out / "per_category.md").read_text()
+    assert not (out / "partial").exists()
+
+
+def test_an_interrupted_evaluation_resumes_to_the_same_numbers(tiny_model, tmp_path: Path, monkeypatch) -> None:
+    annotations, images = write_coco(tmp_path / "data", CATEGORIES, num_images=5)
+    options = dict(min_size=64, max_size=96)
+    full = evaluate_detection(tiny_model, annotations, images, **options, run=RunOptions(2, progress=False))
+
+    preprocess, calls, stop_at = tiny_model.preprocess, [], [2]
+
+    def interrupted(paths, *args):
+        calls.append(len(paths))
+        if len(calls) in stop_at:
+            stop_at.clear()
+            raise KeyboardInterrupt
+        return preprocess(paths, *args)
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(tiny_model, "preprocess", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_detection(tiny_model, annotations, images, **options, run=RunOptions(2, out, save_every=1))
+    assert (out / "partial").is_dir() and not (out / "metrics.json").exists()
+    calls.clear()
+    resumed = evaluate_detection(tiny_model, annotations, images, **options,
+                                 run=RunOptions(2, out, resume=True, progress=False))
+    assert calls == [2, 1]  # the two batches left of 2 + 2 + 1 images
+    assert resumed.metrics == full.metrics and resumed.results == full.results
+    assert not (out / "partial").exists()
+    calls.clear()
+    again = evaluate_detection(tiny_model, annotations, images, **options, run=RunOptions(2, out, resume=True))
+    assert calls == [] and again.metrics == full.metrics  # finished already: read back
+
+
+def test_bad_input_is_named_and_leaves_no_outputs(tiny_model, tmp_path: Path) -> None:
+    annotations, images = write_coco(tmp_path / "data", CATEGORIES, num_images=2)
+    out = tmp_path / "out"
+    run = RunOptions(2, out, progress=False)
+    with pytest.raises(ValueError, match="cannot read COCO annotations .*missing.json"):
+        evaluate_detection(tiny_model, tmp_path / "missing.json", images, run=run)
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"images": [')
+    with pytest.raises(ValueError, match="cannot read COCO annotations .*broken.json"):
+        evaluate_detection(tiny_model, broken, images, run=run)
+    data = json.loads(annotations.read_text())
+    del data["images"][1]["file_name"]
+    broken.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"broken.json: images\[1\] has no 'file_name'"):
+        evaluate_detection(tiny_model, broken, images, run=run)
+    data = json.loads(annotations.read_text())
+    data["categories"].append({"id": 9, "name": "(unnamed)"})
+    broken.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"category '\(unnamed\)'"):
+        evaluate_detection(tiny_model, broken, images, run=run)
+    (images / "img_1.png").unlink()
+    with pytest.raises(FileNotFoundError, match="img_1.png"):
+        evaluate_detection(tiny_model, annotations, images, run=run)
+    assert not out.exists() or not any(out.iterdir())

@@ -1,17 +1,26 @@
-"""COCO-style detection evaluation of a GLIP model on any COCO JSON.
+"""COCO-style detection evaluation of a GLIP model on any COCO JSON (``glip eval coco``).
 
-The prompt is the categories' names (in id order) as a class list; labels map back to category
-ids; boxes are written with the official ``+1`` width (``Detections.to_coco``) and scored with
-pycocotools.
+The prompt lists the categories (in id order) as the official evaluation writes them: names
+cleaned by :func:`glip.evaluation.prompts.clean_name` and joined by ". ", or descriptive prompts
+given per category. Long lists are split into prompt chunks; the image backbone runs once per
+batch for all of them (:meth:`GLIP.detect_batch`), which keeps the best ``detections_per_image``
+(official 100) of their union. Labels map back to category ids; boxes are written with the
+official ``+1`` width (``Detections.to_coco``) and scored with pycocotools.
+
+Outputs (``out=``): ``results.json`` (COCO results: ``image_id``, ``category_id``, ``bbox`` xywh,
+``score``), ``metrics.json`` (``AP``, ``AP50``, ``AP75``, ``APs``, ``APm``, ``APl`` as fractions,
+``per_category_AP``, ``images``, ``fingerprint``) and ``per_category.md``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import logging
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +28,18 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from glip.evaluation.prompts import CategoryText, build_category_prompts, category_texts
+from glip.evaluation.runner import (
+    RunOptions,
+    clear_partials,
+    file_digest,
+    finished_metrics,
+    fingerprint_digest,
+    model_digest,
+    run_batches,
+    write_json,
+    write_text,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -27,23 +48,149 @@ METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 @dataclass
 class CocoEvaluation:
-    """Metrics (``AP``... in percent-free fractions), per-category AP and the raw result records."""
+    """Metrics (``AP``... as fractions), per-category AP (NaN without ground truth) and the raw
+    result records."""
 
     metrics: dict[str, float]
     per_category_ap: dict[str, float] = field(default_factory=dict)
     results: list[dict[str, Any]] = field(default_factory=list)
 
 
-def read_coco(annotation_file: str | Path) -> dict[str, Any]:
-    path = Path(annotation_file)
+# --------------------------------------------------------------------------------------------------
+# Annotation files
+# --------------------------------------------------------------------------------------------------
+
+
+def read_json_file(path: str | Path, what: str) -> dict[str, Any]:
+    """A JSON object from ``path``; errors name the file."""
+    path = Path(path)
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"cannot read COCO annotations {path}: {error}") from error
-    for key in ("images", "annotations", "categories"):
-        if key not in data:
-            raise ValueError(f"{path}: missing top-level field {key!r}")
+        raise ValueError(f"cannot read {what} {path}: {error}") from error
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object with {what}, got {type(data).__name__}")
     return data
+
+
+def require_fields(path: str | Path, data: dict[str, Any], section: str, keys: Sequence[str]) -> None:
+    """Every entry of ``data[section]`` has ``keys``; the error names the file, entry and key."""
+    entries = data.get(section)
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: missing top-level field {section!r}" if entries is None
+                         else f"{path}: {section!r} must be a list")
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise ValueError(f"{path}: {section}[{index}] is not an object")
+        for key in keys:
+            if key not in entry:
+                raise ValueError(f"{path}: {section}[{index}] has no {key!r}")
+
+
+def read_coco(annotation_file: str | Path) -> dict[str, Any]:
+    """A COCO detection file, checked for the fields the evaluation reads."""
+    data = read_json_file(annotation_file, "COCO annotations")
+    require_fields(annotation_file, data, "images", ("id", "file_name"))
+    require_fields(annotation_file, data, "categories", ("id", "name"))
+    require_fields(annotation_file, data, "annotations", ("image_id", "category_id", "bbox"))
+    if not data["categories"]:
+        raise ValueError(f"{annotation_file}: 'categories' is empty")
+    return data
+
+
+def check_image_files(paths: Sequence[Path], annotation_file: str | Path) -> None:
+    """Fail before any inference when an image of the annotation file is missing."""
+    missing = [path for path in paths if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} of the {len(paths)} images of {annotation_file} are missing, "
+                                f"e.g. {missing[0]}")
+
+
+def ground_truth(data: dict[str, Any]):
+    """A pycocotools ``COCO`` of an annotation dict (``iscrowd``, ``area`` and ``id`` default to 0,
+    ``w * h`` and a fresh id where a file leaves them out)."""
+    from pycocotools.coco import COCO
+
+    data = copy.copy(data)
+    annotations = []
+    next_id = max([annotation.get("id", 0) for annotation in data["annotations"]] + [0]) + 1
+    for annotation in data["annotations"]:
+        annotation = dict(annotation)
+        annotation.setdefault("iscrowd", 0)
+        annotation.setdefault("area", float(annotation["bbox"][2]) * float(annotation["bbox"][3]))
+        if "id" not in annotation:  # pycocotools indexes annotations by id
+            annotation["id"] = next_id
+            next_id += 1
+        annotations.append(annotation)
+    data["annotations"] = annotations
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO()
+        coco.dataset = data
+        coco.createIndex()
+    return coco
+
+
+# --------------------------------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------------------------------
+
+
+def coco_metrics(annotation_file: str | Path | dict[str, Any], results: list[dict[str, Any]],
+                 category_ids: Sequence[int] | None = None) -> CocoEvaluation:
+    """pycocotools box AP of ``results`` (optionally restricted to ``category_ids``).
+
+    Args:
+        annotation_file: COCO JSON path, or its content as a dict.
+        results: COCO result records (not modified).
+        category_ids: evaluate these categories only.
+    """
+    from pycocotools.cocoeval import COCOeval
+
+    data = read_coco(annotation_file) if not isinstance(annotation_file, dict) else annotation_file
+    truth = ground_truth(data)
+    if not results:
+        return CocoEvaluation({name: 0.0 for name in METRIC_NAMES}, {}, results)
+    with contextlib.redirect_stdout(io.StringIO()):
+        # loadRes adds fields to the records it is given: give it copies.
+        detections = truth.loadRes([dict(record) for record in results])
+        evaluator = COCOeval(truth, detections, "bbox")
+        if category_ids is not None:
+            evaluator.params.catIds = list(category_ids)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    metrics = {name: float(value) for name, value in zip(METRIC_NAMES, evaluator.stats[:6])}
+    per_category = {}
+    precision = evaluator.eval["precision"]  # [T, R, K, A, M]
+    for k, category_id in enumerate(evaluator.params.catIds):
+        values = precision[:, :, k, 0, -1]
+        values = values[values > -1]
+        per_category[truth.cats[category_id]["name"]] = float(values.mean()) if values.size else float("nan")
+    return CocoEvaluation(metrics, per_category, results)
+
+
+def per_category_table(per_category_ap: Mapping[str, float], title: str = "AP per category") -> str:
+    """A markdown table of per-category AP (``-`` for a category without ground truth)."""
+    lines = [f"# {title}", "", "| category | AP |", "|---|---|"]
+    for name, value in per_category_ap.items():
+        lines.append(f"| {name} | {'-' if math.isnan(value) else f'{value:.4f}'} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_evaluation(out: Path, results: Any, metrics: dict[str, Any], per_category_ap: Mapping[str, float] | None,
+                     title: str) -> None:
+    """Write ``results.json``, ``metrics.json`` (and ``per_category.md``) atomically, then remove
+    the partial results."""
+    write_json(out / "results.json", results)
+    if per_category_ap:
+        write_text(out / "per_category.md", per_category_table(per_category_ap, title))
+    write_json(out / "metrics.json", metrics, indent=2)
+    clear_partials(out)
+
+
+# --------------------------------------------------------------------------------------------------
+# Inference
+# --------------------------------------------------------------------------------------------------
 
 
 def predict_coco_images(
@@ -58,7 +205,8 @@ def predict_coco_images(
     max_detections: int | None = None,
     desc: str = "eval",
 ) -> list[dict[str, Any]]:
-    """COCO result records for ``images`` (COCO image entries) with a class-list prompt.
+    """COCO result records for ``images`` (COCO image entries) with the demo class-list prompt
+    (:meth:`GLIP.build_prompts`; used by the Shapes-world evaluation).
 
     The image backbone runs once per batch; long class lists are chunked (labels stay global).
     """
@@ -81,31 +229,98 @@ def predict_coco_images(
     return results
 
 
-def coco_metrics(annotation_file: str | Path, results: list[dict[str, Any]],
-                 category_ids: Sequence[int] | None = None) -> CocoEvaluation:
-    """pycocotools box AP of ``results`` (optionally restricted to ``category_ids``)."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
+def evaluate_detection(
+    model,
+    annotation_file: str | Path,
+    image_dir: str | Path,
+    *,
+    prompts: Mapping[str, CategoryText] | None = None,
+    categories: Sequence[Mapping[str, Any]] | None = None,
+    chunk_size: int | None = None,
+    min_size: int | None = None,
+    max_size: int | None = None,
+    max_detections: int | None = None,
+    category_ids: Sequence[int] | None = None,
+    allow_untokenized: bool = False,
+    run: RunOptions = RunOptions(),
+    protocol: str = "coco",
+    model_fingerprint: str | None = None,
+) -> CocoEvaluation | None:
+    """Detect every category of a COCO file in its images with the official evaluation prompt and
+    score with pycocotools; write the outputs to ``run.out`` if given.
 
-    with contextlib.redirect_stdout(io.StringIO()):
-        ground_truth = COCO(str(annotation_file))
-        if not results:
-            return CocoEvaluation({name: 0.0 for name in METRIC_NAMES}, {}, results)
-        detections = ground_truth.loadRes(results)
-        evaluator = COCOeval(ground_truth, detections, "bbox")
-        if category_ids is not None:
-            evaluator.params.catIds = list(category_ids)
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    metrics = {name: float(value) for name, value in zip(METRIC_NAMES, evaluator.stats[:6])}
-    per_category = {}
-    precision = evaluator.eval["precision"]  # [T, R, K, A, M]
-    for k, category_id in enumerate(evaluator.params.catIds):
-        values = precision[:, :, k, 0, -1]
-        values = values[values > -1]
-        per_category[ground_truth.cats[category_id]["name"]] = float(values.mean()) if values.size else float("nan")
-    return CocoEvaluation(metrics, per_category, results)
+    Args:
+        model: a :class:`glip.GLIP`.
+        annotation_file: COCO detection JSON.
+        image_dir: folder of its images' ``file_name``.
+        prompts: descriptive prompts per category name (:func:`read_prompts_file`).
+        categories: ``{"id", "name"}`` entries that name the categories in the prompt instead of the
+            file's (official OVERRIDE_CATEGORY); the metrics still cover the file's categories.
+        chunk_size: categories per prompt (default: as many as fit, at most the head's
+            ``num_classes`` score columns).
+        min_size / max_size: test resize (default: the model config's).
+        max_detections: detections kept per image (default: the config's, official 100).
+        category_ids: compute the metrics over these categories only.
+        allow_untokenized: keep categories whose name has no token (see :func:`build_category_prompts`).
+        run: batching, sharding, partial saves, resumption.
+        protocol: name in the fingerprint, the progress bar and the tables.
+        model_fingerprint: :func:`model_digest` of ``model`` if already known.
+
+    Returns:
+        The evaluation on process 0 (with no result records when ``run.resume`` found the run
+        finished already); None on the other processes of a distributed run.
+    """
+    data = read_coco(annotation_file)
+    image_dir = Path(image_dir)
+    prompt_categories = sorted(categories if categories is not None else data["categories"],
+                               key=lambda category: category["id"])
+    names = [str(category["name"]) for category in prompt_categories]
+    texts = category_texts(names, prompts, "--prompts")
+    columns = model.config.head.num_classes
+    class_prompts = build_category_prompts(
+        texts, model.tokenizer, model.config.language.max_query_len, min(chunk_size or columns, columns),
+        names=names, allow_untokenized=allow_untokenized,
+    )
+    label_to_category = {index + 1: category["id"] for index, category in enumerate(prompt_categories)}
+    unprompted = sorted({category["id"] for category in data["categories"]} - set(label_to_category.values()))
+    if unprompted:
+        logger.warning("%s: categories %s are not in the prompt (they get AP 0)", annotation_file, unprompted)
+    images = data["images"]
+    paths = [image_dir / entry["file_name"] for entry in images]
+    check_image_files(paths, annotation_file)
+    postprocessor = model.postprocessor(max_detections=max_detections)
+    fingerprint = {
+        "protocol": protocol, "annotations": file_digest(annotation_file), "images": str(image_dir.resolve()),
+        "model": model_fingerprint or model_digest(model), "prompts": [prompt.caption for prompt in class_prompts],
+        "min_size": min_size, "max_size": max_size, "max_detections": postprocessor.detections_per_image,
+    }
+    done = finished_metrics(fingerprint, run)
+    if done is not None:
+        logger.info("%s: %s is finished already", protocol, run.out)
+        return CocoEvaluation({name: done[name] for name in METRIC_NAMES},
+                              {name: (math.nan if value is None else value)
+                               for name, value in done.get("per_category_AP", {}).items()})
+
+    encoded = [model.encode_prompt(prompt) for prompt in class_prompts]
+
+    def predict(indices: list[int]) -> list[list[dict[str, Any]]]:
+        batch = model.preprocess([paths[index] for index in indices], min_size, max_size)
+        with torch.no_grad():
+            detections = model.detect_batch(batch.pixels.to(model.device), batch.image_sizes, encoded, postprocessor,
+                                            batch.original_sizes)
+        return [image_detections.to("cpu").to_coco(images[index]["id"], label_to_category)
+                for index, image_detections in zip(indices, detections)]
+
+    per_image = run_batches([entry["id"] for entry in images], predict, fingerprint, run, desc=protocol)
+    if per_image is None:
+        return None
+    results = [record for records in per_image for record in records]
+    evaluation = coco_metrics(data, results, category_ids)
+    if run.out is not None:
+        metrics = {**evaluation.metrics, "per_category_AP": evaluation.per_category_ap, "images": len(images),
+                   "fingerprint": fingerprint_digest(fingerprint, run)}
+        write_evaluation(run.out, results, metrics, evaluation.per_category_ap, f"{protocol}: AP per category")
+    return evaluation
 
 
 def evaluate_coco(
@@ -116,12 +331,19 @@ def evaluate_coco(
     min_size: int | None = None,
     max_size: int | None = None,
     category_ids: Sequence[int] | None = None,
-) -> CocoEvaluation:
-    """Detect every category of a COCO file in its images and score with pycocotools."""
-    data = read_coco(annotation_file)
-    categories = sorted(data["categories"], key=lambda category: category["id"])
-    names = [category["name"] for category in categories]
-    label_to_category = {index + 1: category["id"] for index, category in enumerate(categories)}
-    results = predict_coco_images(model, data["images"], image_dir, names, label_to_category, batch_size,
-                                  min_size, max_size)
-    return coco_metrics(annotation_file, results, category_ids)
+    *,
+    prompts: Mapping[str, CategoryText] | None = None,
+    chunk_size: int | None = None,
+    max_detections: int | None = None,
+    out: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> CocoEvaluation | None:
+    """COCO AP of ``model`` on a COCO file (see :func:`evaluate_detection`); writes ``out/`` if given.
+
+    Returns None on the processes other than 0 of a distributed run.
+    """
+    run = RunOptions(batch_size, Path(out) if out is not None else None, resume, progress=progress)
+    return evaluate_detection(model, annotation_file, image_dir, prompts=prompts, chunk_size=chunk_size,
+                              min_size=min_size, max_size=max_size, max_detections=max_detections,
+                              category_ids=category_ids, run=run)

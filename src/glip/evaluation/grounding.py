@@ -2,6 +2,11 @@
 
 Each phrase of each caption is a query: it counts as found at k when one of its k best boxes has
 IoU >= 0.5 with any of the phrase's ground-truth boxes.
+
+:func:`evaluate_grounding` (the Shapes-world evaluation) runs one caption at a time and turns the
+decoded boxes' inclusive ends into exclusive ones (+1) before the IoU. The Flickr30K protocol,
+batched and sharded, is :mod:`glip.evaluation.flickr`; it compares boxes as the official evaluator
+does (no +1).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from glip.modeling.postprocess import Detections
 from glip.processing import Prompt, build_grounding_prompt
 
 
-def _box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
+def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     """IoU of exclusive-end xyxy boxes ``[N, 4]`` x ``[M, 4]``."""
     area1 = (boxes1[:, 2] - boxes1[:, 0]).clamp(min=0) * (boxes1[:, 3] - boxes1[:, 1]).clamp(min=0)
     area2 = (boxes2[:, 2] - boxes2[:, 0]).clamp(min=0) * (boxes2[:, 3] - boxes2[:, 1]).clamp(min=0)
@@ -29,8 +34,16 @@ def _box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     return inter / (area1[:, None] + area2[None, :] - inter).clamp(min=1e-9)
 
 
-def _phrases(entry: dict[str, Any], annotations: list[dict[str, Any]]) -> list[tuple[list[list[int]], list[list[float]]]]:
-    """Per phrase of a caption: its spans and the xywh boxes that it refers to."""
+def caption_phrases(
+    entry: dict[str, Any], annotations: list[dict[str, Any]]
+) -> list[tuple[list[list[int]], list[list[float]]]]:
+    """Per phrase of a caption that refers to boxes: its character spans and its xywh boxes.
+
+    Phrases are the image entry's ``tokens_positive_eval`` (MDETR), else each annotation's
+    ``tokens_positive``; a box belongs to a phrase whose index is its ``phrase_ids`` or one of whose
+    spans is among its ``tokens_positive`` (MDETR merges near-identical boxes of several phrases
+    into one annotation listing all their spans).
+    """
     phrase_spans = entry.get("tokens_positive_eval")
     if phrase_spans is None:
         phrase_spans = [a["tokens_positive"] for a in annotations]
@@ -53,7 +66,7 @@ def recall_at_k(detections: Detections, label: int, gt_xywh: Sequence[Sequence[f
     # Inclusive xyxy (legacy +1) -> exclusive; COCO xywh -> exclusive xyxy.
     predicted = torch.cat([boxes[:, :2], boxes[:, 2:] + 1], dim=1)
     truth = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in gt_xywh], dtype=torch.float32)
-    hits = (_box_iou(predicted, truth) >= 0.5).any(dim=1) if len(predicted) else torch.zeros(0, dtype=torch.bool)
+    hits = (box_iou(predicted, truth) >= 0.5).any(dim=1) if len(predicted) else torch.zeros(0, dtype=torch.bool)
     return [bool(hits[:k].any()) for k in ks]
 
 
@@ -78,7 +91,7 @@ def evaluate_grounding(
     found = [0] * len(ks)
     total = 0
     for entry in tqdm(data["images"], desc="grounding", unit="caption", leave=False):
-        phrases = _phrases(entry, by_image[entry["id"]])
+        phrases = caption_phrases(entry, by_image[entry["id"]])
         if not phrases:
             continue
         prompt: Prompt = build_grounding_prompt(entry["caption"], [spans for spans, _ in phrases], model.tokenizer,

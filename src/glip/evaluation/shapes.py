@@ -8,13 +8,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from glip.data.shapes_world import HELD_OUT_PAIRS
 from glip.evaluation.coco import coco_metrics, predict_coco_images, read_coco
 from glip.evaluation.grounding import evaluate_grounding
+from glip.evaluation.runner import write_json
 
 
 def evaluate_shapes_world(model, split_dir: str | Path, batch_size: int = 16) -> dict[str, Any]:
@@ -45,4 +45,5 @@ def evaluate_shapes_world(model, split_dir: str | Path, batch_size: int = 16) ->
 
 
 def write_report(report: dict[str, Any], path: str | Path) -> None:
-    Path(path).write_text(json.dumps(report, indent=2) + "\n")
+    """Write the report as JSON, atomically."""
+    write_json(Path(path), report, indent=2)
