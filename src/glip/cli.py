@@ -121,27 +121,77 @@ def command_demo(args: argparse.Namespace) -> int:
 
 
 def command_eval(args: argparse.Namespace) -> int:
-    from glip.visualize import write_json_atomic
+    """``glip eval <protocol>``: one evaluation function per protocol; under ``torchrun`` every
+    process evaluates its share and process 0 writes ``--out``."""
+    import torch.distributed
+    from tqdm import tqdm
 
-    model = load_model_from_args(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    if args.protocol == "shapes":
-        from glip.evaluation.shapes import evaluate_shapes_world
+    from glip.evaluation.runner import init_distributed
 
-        metrics = evaluate_shapes_world(model, args.split_dir, batch_size=args.batch_size)
-    else:
-        from glip.evaluation.coco import evaluate_coco
-
-        evaluation = evaluate_coco(model, args.annotations, args.images, batch_size=args.batch_size,
-                                   min_size=args.min_size, max_size=args.max_size)
-        write_json_atomic(args.out / "results.json", evaluation.results)
-        metrics = {**evaluation.metrics, "per_category_AP": evaluation.per_category_ap}
-    write_json_atomic(args.out / "metrics.json", metrics)
+    args.device, owns_group = init_distributed(args.device)
+    try:
+        model = load_model_from_args(args)
+        metrics, failed = _evaluate(model, args)
+    finally:
+        if owns_group:
+            torch.distributed.destroy_process_group()
+    if metrics is None:  # a process other than 0 of a torchrun group
+        return 0
+    # The per-data-set table of a suite, the per-category table of COCO (not LVIS's 1203 rows).
+    table = {"odinw": args.out / "summary.md", "coco": args.out / "per_category.md"}.get(args.protocol)
+    if table is not None and table.is_file():
+        tqdm.write(table.read_text())
     for key, value in metrics.items():
         if isinstance(value, float):
-            print(f"{key:>20s} {value:.4f}")
-    print(f"wrote {args.out / 'metrics.json'}")
-    return 0
+            tqdm.write(f"{key:>20s} {value:.4f}")
+    for name, error in (failed or {}).items():
+        tqdm.write(f"FAILED {name}: {error}")
+    tqdm.write(f"wrote {args.out / 'metrics.json'}")
+    return 1 if failed else 0
+
+
+def _evaluate(model, args: argparse.Namespace) -> tuple[dict | None, dict[str, str] | None]:
+    """Run the chosen protocol; ``(metrics of process 0 or None, failed data sets)``."""
+    from glip.evaluation.prompts import read_prompts_file
+    from glip.evaluation.runner import RunOptions, process_group
+
+    if args.protocol == "shapes":
+        from glip.evaluation.shapes import evaluate_shapes_world, write_report
+
+        if process_group()[1] > 1:
+            raise ValueError("glip eval shapes runs in one process (not under torchrun)")
+        metrics = evaluate_shapes_world(model, args.split_dir, batch_size=args.batch_size)
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_report(metrics, args.out / "metrics.json")
+        return metrics, None
+    prompts = read_prompts_file(args.prompts) if getattr(args, "prompts", None) else None
+    if args.protocol == "odinw":
+        from glip.evaluation.odinw import evaluate_odinw
+
+        names = [name.strip() for name in args.datasets.split(",") if name.strip()] if args.datasets else None
+        evaluation = evaluate_odinw(model, args.root, args.out, suite=args.suite, datasets=names, split=args.split,
+                                    prompts=prompts, batch_size=args.batch_size, min_size=args.min_size,
+                                    max_size=args.max_size, resume=args.resume, save_every=args.save_every)
+        return (None, None) if evaluation is None else (evaluation.metrics, evaluation.failed)
+    run = RunOptions(args.batch_size, args.out, args.resume, args.save_every)
+    if args.protocol == "lvis":
+        from glip.evaluation.lvis import evaluate_lvis
+
+        evaluation = evaluate_lvis(model, args.annotations, args.images, min_size=args.min_size,
+                                   max_size=args.max_size, chunk_size=args.chunk_size,
+                                   max_detections=args.max_detections, top_k=args.top_k, prompts=prompts, run=run)
+    elif args.protocol == "flickr":
+        from glip.evaluation.flickr import evaluate_flickr
+
+        evaluation = evaluate_flickr(model, args.annotations, args.images, min_size=args.min_size,
+                                     max_size=args.max_size, run=run)
+    else:
+        from glip.evaluation.coco import evaluate_detection
+
+        evaluation = evaluate_detection(model, args.annotations, args.images, prompts=prompts,
+                                        chunk_size=args.chunk_size, min_size=args.min_size, max_size=args.max_size,
+                                        max_detections=args.max_detections, run=run)
+    return (None, None) if evaluation is None else (evaluation.metrics, None)
 
 
 def command_train(args: argparse.Namespace) -> int:
@@ -158,6 +208,48 @@ def command_pseudo_label(args: argparse.Namespace) -> int:
     stats = pseudo_label(model, args.captions, args.images, args.out, args.threshold, extractor)
     print(f"wrote {args.out}: " + ", ".join(f"{key} {value}" for key, value in stats.items()))
     return 0
+
+
+def command_finetune(args: argparse.Namespace) -> int:
+    from glip.transfer.finetune import CocoSplit
+
+    train = CocoSplit(args.train, args.train_images)
+    if args.action == "study":
+        from glip.transfer.study import study_command
+
+        report = study_command(args.config, args.set or [], model=args.model, train=train,
+                               test=CocoSplit(args.test, args.test_images), shots=args.shots, seeds=args.seeds,
+                               modes=args.modes, out=args.out, prompts=args.prompts, keep_models=args.keep_models,
+                               resume=args.resume)
+        print(f"wrote {args.out / 'study.md'} and {args.out / 'study.json'} ({len(report['runs'])} runs)")
+        return 0
+    from glip.transfer.finetune import finetune_command
+
+    if (args.test is None) != (args.test_images is None):
+        raise SystemExit("error: --test and --test-images go together")
+    test = CocoSplit(args.test, args.test_images) if args.test is not None else None
+    result = finetune_command(args.config, args.set or [], model=args.model, mode=args.mode, train=train,
+                              out=args.out, shots=args.shots, seed=args.seed, prompts=args.prompts, test=test)
+    scores = f", test AP {result.metrics['AP']:.4f}" if result.metrics is not None else ""
+    print(f"wrote {result.model_dir} ({result.steps} steps on {result.train_images} images{scores})")
+    return 0
+
+
+def _add_finetune_arguments(parser: argparse.ArgumentParser, test_required: bool) -> None:
+    parser.add_argument("--model", default=None, help="preset or model directory to start from (default: the "
+                        "recipe's model, else glip_t)")
+    parser.add_argument("--train", type=Path, required=True, help="COCO detection JSON of the training data")
+    parser.add_argument("--train-images", type=Path, required=True, help="image folder of --train")
+    parser.add_argument("--test", type=Path, required=test_required, help="COCO detection JSON to evaluate on")
+    parser.add_argument("--test-images", type=Path, required=test_required, help="image folder of --test")
+    parser.add_argument("--prompts", type=Path, default=None,
+                        help="JSON {class name: descriptive prompt text} used for training and evaluation")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="fine-tuning recipe YAML (see configs/shapes_transfer.yaml; default: official settings)")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override a recipe value, e.g. --set max_steps=100 --set modes.prompt.lr=0.01")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.set_defaults(handler=command_finetune)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -206,17 +298,47 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     demo.set_defaults(handler=command_demo)
 
-    evaluate = commands.add_parser("eval", help="evaluate a model (COCO-style detection, Shapes world)")
+    evaluate = commands.add_parser(
+        "eval", help="evaluate a model (COCO, LVIS, Flickr30K, ODinW, Shapes world); runs under torchrun too")
     protocols = evaluate.add_subparsers(dest="protocol", required=True)
-    coco = protocols.add_parser("coco", help="COCO AP on any COCO JSON (prompt = its category names)")
-    coco.add_argument("--annotations", type=Path, required=True, help="COCO detection JSON")
-    coco.add_argument("--images", type=Path, required=True, help="image folder of the JSON's file names")
-    coco.add_argument("--min-size", type=int, default=800, help="test resize, shorter side (official 800)")
-    coco.add_argument("--max-size", type=int, default=1333, help="test resize, longer-side cap (official 1333)")
+    coco = protocols.add_parser("coco", help="COCO AP on any COCO JSON (prompt = its cleaned category names)")
+    lvis = protocols.add_parser(
+        "lvis", help="LVIS fixed AP with APr/APc/APf (minival or val JSON; images are found as "
+                     "--images/<split>/<file> from their coco_url, as officially, else by file_name)")
+    flickr = protocols.add_parser("flickr", help="Flickr30K Entities Recall@1/5/10 on an MDETR grounding JSON")
+    odinw = protocols.add_parser("odinw", help="the ODinW-13 or -35 suite: AP per data set and the average")
+    for sub, what in ((coco, "COCO detection JSON"), (lvis, "LVIS JSON (e.g. lvis_v1_minival.json)"),
+                      (flickr, "MDETR JSON, e.g. final_flickr_separateGT_val.json")):
+        sub.add_argument("--annotations", type=Path, required=True, help=what)
+        sub.add_argument("--images", type=Path, required=True, help="image folder of the JSON's file names")
+    odinw.add_argument("--root", type=Path, required=True,
+                       help="folder holding the ODinW data set folders as published (or its parent with odinw/)")
+    odinw.add_argument("--suite", choices=["13", "35"], default="13", help="which suite (default 13)")
+    odinw.add_argument("--datasets", help="comma-separated data set names of the suite to evaluate (default: all)")
+    odinw.add_argument("--split", choices=["val", "test"], default="val",
+                       help="val: the split the official configs evaluate (valid or mini_val); or test (default val)")
+    for sub in (coco, lvis, odinw):
+        sub.add_argument("--prompts", type=Path,
+                         help='descriptive prompts JSON: {"category name": "prompt text"} or '
+                              '{"category name": {"prefix": ..., "name": ..., "suffix": ...}}')
+    for sub in (coco, lvis, flickr, odinw):
+        sub.add_argument("--min-size", type=int, default=800, help="test resize, shorter side (official 800)")
+        sub.add_argument("--max-size", type=int, default=1333, help="test resize, longer-side cap (official 1333)")
+        sub.add_argument("--resume", action="store_true",
+                         help="continue an interrupted run from OUT/partial (same model, data and options)")
+        sub.add_argument("--save-every", type=int, default=25, help="batches between partial saves (default 25)")
+    coco.add_argument("--chunk-size", type=int, default=None,
+                      help="categories per prompt (default: as many as fit the token limit and 80 score columns)")
+    coco.add_argument("--max-detections", type=int, default=None, help="detections kept per image (default 100)")
+    lvis.add_argument("--chunk-size", type=int, default=40, help="categories per prompt (official 40)")
+    lvis.add_argument("--max-detections", type=int, default=300,
+                      help="detections kept per image and prompt chunk (official 300)")
+    lvis.add_argument("--top-k", type=int, default=10000, help="detections kept per category (fixed AP, 10000)")
     shapes = protocols.add_parser("shapes", help="the three Shapes-world evaluations on a generated split")
     shapes.add_argument("--split-dir", type=Path, required=True, help="folder written by `glip synth`")
-    for sub in (coco, shapes):
-        sub.add_argument("--out", type=Path, required=True, help="output folder (metrics.json, results.json)")
+    for sub in (coco, lvis, flickr, odinw, shapes):
+        sub.add_argument("--out", type=Path, required=True,
+                         help="output folder (results.json, metrics.json; per data set for odinw)")
         sub.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
         _add_model_arguments(sub)
         sub.set_defaults(handler=command_eval)
@@ -237,6 +359,26 @@ def build_parser() -> argparse.ArgumentParser:
                         help="noun-phrase extractor: NLTK (needs nltk + tagger data) or the Shapes-world vocabulary")
     _add_model_arguments(pseudo)
     pseudo.set_defaults(handler=command_pseudo_label)
+
+    tune = commands.add_parser("finetune", help="adapt a model to a detection task: full, prompt or linear tuning")
+    actions = tune.add_subparsers(dest="action", required=True)
+    single = actions.add_parser("run", help="one fine-tuning run on all or k-shot data (model in OUT/model)")
+    single.add_argument("--mode", required=True, choices=["full", "prompt", "linear"],
+                        help="full-model tuning, prompt tuning (offsets on the prompt's text features) or "
+                        "linear probing (last head layers)")
+    single.add_argument("--shots", type=int, default=None,
+                        help="train on k boxes per class drawn with --seed (default: all the training data)")
+    single.add_argument("--seed", type=int, default=0, help="seed of the k-shot draw and of training (default 0)")
+    _add_finetune_arguments(single, test_required=False)
+    study = actions.add_parser("study", help="zero/few/full-shot AP table over seeds and modes (OUT/study.md)")
+    study.add_argument("--shots", default="0,1,3,5,10,full",
+                       help="comma-separated k values; 0 = zero-shot, full = all data (default 0,1,3,5,10,full)")
+    study.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    study.add_argument("--modes", default="full,prompt", help="comma-separated modes: full, prompt, linear "
+                       "(default full,prompt)")
+    study.add_argument("--keep-models", action="store_true", help="keep every run's fine-tuned model")
+    study.add_argument("--resume", action="store_true", help="go on with the study in --out")
+    _add_finetune_arguments(study, test_required=True)
 
     models = commands.add_parser("models", help="list model presets")
     models.set_defaults(handler=command_models)

@@ -19,7 +19,7 @@ from glip.hub.convert import check_state_dict
 from glip.hub.pretrained_parts import LANGUAGE_PREFIX, MINILM_SOURCE, minilm_state_dict
 from glip.modeling.anchors import AnchorGenerator
 from glip.modeling.glip import GLIPModel
-from glip.modeling.language import TextFeatures
+from glip.modeling.language import PromptOffset, TextFeatures
 from glip.modeling.postprocess import Detections, GroundingPostProcessor
 from glip.processing import (
     ImageBatch,
@@ -90,7 +90,9 @@ class GLIP(GLIPModel):
     def from_pretrained(cls, name_or_path: str | Path, device: str | torch.device = "cpu") -> GLIP:
         """Load a preset by name (downloading official weights on first use) or a model directory.
 
-        Offline, a preset that is not cached fails at once, naming the file to fetch and where.
+        Offline, a preset that is not cached fails at once, naming the file to fetch and where. A
+        prompt-tuned directory (``glip finetune --mode prompt``) brings its tuned offsets, and
+        ``predict`` without ``classes=`` uses the prompt they were tuned for.
         """
         kind, path, preset = loading.resolve(name_or_path)
         if kind == "hub":
@@ -103,7 +105,8 @@ class GLIP(GLIPModel):
         assert path is not None
         config, state_dict, metadata = loading.read_pretrained_dir(path)
         threshold = float(metadata.get("default_threshold", preset.default_threshold if preset else DEFAULT_THRESHOLD))
-        return cls._from_state_dict(config, state_dict, str(path), threshold, device)
+        prompt_tuning = loading.read_prompt_tuning(path)
+        return cls._from_state_dict(config, state_dict, str(path), threshold, device, prompt_tuning)
 
     @classmethod
     def _from_state_dict(
@@ -113,16 +116,26 @@ class GLIP(GLIPModel):
         source: str,
         default_threshold: float,
         device: str | torch.device,
+        prompt_tuning: tuple[Tensor, list[str]] | None = None,
     ) -> GLIP:
         model = cls(config, default_threshold)
         check_state_dict(model, state_dict, source)
         model.load_state_dict(state_dict, strict=True)
+        if prompt_tuning is not None:
+            offset, classes = prompt_tuning
+            expected = (config.language.max_query_len, model.language.hidden_size)
+            if tuple(offset.shape) != expected:
+                raise ValueError(f"{source}: prompt offsets of shape {tuple(offset.shape)} do not fit the model "
+                                 f"(expected {expected} = (max_query_len, language width))")
+            model.prompt_offset = PromptOffset(*expected, classes)
+            model.prompt_offset.load_state_dict({"offset": offset})
         return model.to(device).eval()
 
     def save_pretrained(
         self, directory: str | Path, metadata: dict[str, Any] | None = None, language_from_package: bool = False
     ) -> Path:
-        """Write ``model.safetensors``, ``config.json`` and ``tokenizer/vocab.txt`` atomically.
+        """Write ``model.safetensors``, ``config.json`` and ``tokenizer/vocab.txt`` atomically (and
+        the prompt-tuning files of a prompt-tuned model).
 
         Args:
             metadata: extra JSON-able facts stored in ``config.json`` (metrics, recipe, ...).
@@ -132,6 +145,10 @@ class GLIP(GLIPModel):
         """
         info = {"default_threshold": self.default_threshold, **(metadata or {})}
         state = self.state_dict()
+        prompt_tuning = None
+        if self.prompt_offset is not None:
+            # The offsets go to their own file: model.safetensors keeps the plain architecture's keys.
+            prompt_tuning = (state.pop("prompt_offset.offset"), list(self.prompt_offset.classes))
         if language_from_package:
             packaged = minilm_state_dict()
             if any(not torch.equal(state[key], value) for key, value in packaged.items()):
@@ -140,7 +157,7 @@ class GLIP(GLIPModel):
             info["language_weights"] = MINILM_SOURCE
         with tempfile.TemporaryDirectory() as scratch:
             vocab = self.tokenizer.save_vocabulary(scratch)[0]
-            return loading.write_pretrained_dir(directory, self.config, state, vocab, info)
+            return loading.write_pretrained_dir(directory, self.config, state, vocab, info, prompt_tuning)
 
     @property
     def tokenizer(self):
@@ -163,10 +180,20 @@ class GLIP(GLIPModel):
         caption: str | None = None,
         spans: Sequence[tuple[int, int] | Sequence[tuple[int, int]]] | None = None,
     ) -> list[Prompt]:
-        """Prompts for a class list (split into chunks past the token limit) or a caption."""
+        """Prompts for a class list (split into chunks past the token limit) or a caption.
+
+        A prompt-tuned model defaults to the classes it was tuned for; its offsets belong to the
+        token positions of that prompt, so another prompt gets a warning.
+        """
         max_len = self.config.language.max_query_len
+        tuned = self.prompt_offset.classes if self.prompt_offset is not None else None
+        if classes is None and caption is None and tuned is not None:
+            classes = tuned
         if (classes is None) == (caption is None):
             raise ValueError("give exactly one of classes= (detection) or caption= (grounding)")
+        if tuned is not None and (classes is None or tuple(classes) != tuned):
+            logger.warning("this model's prompt offsets were tuned for the classes %s; they are added to the "
+                           "tokens of this other prompt as well", list(tuned))
         if classes is not None:
             return build_class_prompts(
                 list(classes), self.tokenizer, max_len, max_labels_per_prompt=self.config.head.num_classes
@@ -203,7 +230,8 @@ class GLIP(GLIPModel):
 
         Args:
             images: a path, PIL image or ``[H, W, 3]`` RGB uint8 array, or a list of them.
-            classes: class names; the prompt is ``"a . b . "`` and labels are 1-based in this order.
+            classes: class names; the prompt is ``"a . b . "`` and labels are 1-based in this order
+                (default for a prompt-tuned model: the classes it was tuned for).
             caption: free text to ground, with ``spans``: character ranges ``(start, end)`` of the
                 phrases (or a list of ranges per phrase); without spans, noun phrases are used.
             threshold: keep detections scoring above it (default: the model's, 0.7 for official
@@ -299,18 +327,41 @@ class GLIP(GLIPModel):
             pixels: ``[B, 3, H, W]`` normalised, zero-padded images.
             image_sizes: per image ``(h, w)`` after resizing, before padding.
         """
+        per_image = self.detect_batch_per_prompt(pixels, image_sizes, prompts, postprocessor, original_sizes)
+        if len(prompts) == 1:
+            return [chunks[0] for chunks in per_image]
+        return [merge_detections(chunks, postprocessor.detections_per_image) for chunks in per_image]
+
+    @torch.no_grad()
+    def detect_batch_per_prompt(
+        self,
+        pixels: Tensor,
+        image_sizes: Sequence[tuple[int, int]],
+        prompts: Sequence[EncodedPrompt],
+        postprocessor: GroundingPostProcessor,
+        original_sizes: Sequence[tuple[int, int]] | None = None,
+    ) -> list[list[Detections]]:
+        """Per image, per prompt, the post-processed detections, nothing cut across prompts
+        (the official LVIS evaluation keeps ``detections_per_image`` per 40-class query).
+
+        Args: as :meth:`detect_batch`.
+
+        Returns:
+            ``B`` lists of ``len(prompts)`` :class:`Detections`.
+        """
         visual = self.encode_image(pixels)
         anchors = self.anchor_generator([tuple(level.shape[-2:]) for level in visual], pixels.device)
-        per_chunk = []
+        batch_size = pixels.shape[0]
+        per_prompt = []
         for encoded in prompts:
-            batch_size = pixels.shape[0]
+            # [1, T, D] -> [B, T, D]: one prompt for every image of the batch.
             text = TextFeatures(
                 hidden=encoded.text.hidden.expand(batch_size, -1, -1),
                 embedded=encoded.text.embedded.expand(batch_size, -1, -1),
                 mask=encoded.text.mask.expand(batch_size, -1),
             )
             outputs = self.fuse_and_predict(visual, text)
-            per_chunk.append(
+            per_prompt.append(
                 postprocessor(
                     outputs.box_regression,
                     outputs.centerness,
@@ -323,9 +374,7 @@ class GLIP(GLIPModel):
                     original_sizes=original_sizes,
                 )
             )
-        if len(per_chunk) == 1:
-            return per_chunk[0]
-        return [merge_detections(chunks, postprocessor.detections_per_image) for chunks in zip(*per_chunk)]
+        return [list(per_image) for per_image in zip(*per_prompt)]
 
 
 def merge_detections(parts: Sequence[Detections], limit: int) -> Detections:

@@ -5,7 +5,9 @@ Two formats:
 * official ``.pth`` + yacs YAML (``GLIP.from_official``), converted on load by
   :mod:`glip.hub.convert`;
 * this package's directory (``GLIP.from_pretrained``): ``model.safetensors``, ``config.json``
-  and ``tokenizer/vocab.txt``, written by ``save_pretrained`` / ``glip convert``.
+  and ``tokenizer/vocab.txt``, written by ``save_pretrained`` / ``glip convert``; a prompt-tuned
+  model adds ``prompt_tuning.safetensors`` (its offsets) and ``prompt_tuning.json`` (the class
+  texts of the prompt they were tuned for), see :class:`glip.modeling.language.PromptOffset`.
 
 Nothing is downloaded unless a preset name is asked for; offline, that fails at once naming the
 file to fetch and where to put it.
@@ -43,6 +45,9 @@ CONFIG_FILE = "config.json"
 TOKENIZER_DIR = "tokenizer"
 FORMAT_NAME = "glip"
 FORMAT_VERSION = 1
+PROMPT_TUNING_WEIGHTS = "prompt_tuning.safetensors"
+PROMPT_TUNING_FILE = "prompt_tuning.json"
+PROMPT_TUNING_FORMAT = "glip-prompt-tuning"
 
 
 def bundled_weights_dir() -> Path:
@@ -99,14 +104,52 @@ def read_pretrained_dir(directory: str | Path) -> tuple[GLIPConfig, dict[str, Te
     return config, state_dict, metadata
 
 
+def read_prompt_tuning(directory: str | Path) -> tuple[Tensor, list[str]] | None:
+    """The tuned prompt offsets ``[L, D]`` and class texts of a model directory, or None.
+
+    Raises:
+        ValueError: one of the two files without the other, or a malformed file (named).
+    """
+    directory = Path(directory)
+    weights_path, info_path = directory / PROMPT_TUNING_WEIGHTS, directory / PROMPT_TUNING_FILE
+    if not weights_path.exists() and not info_path.exists():
+        return None
+    for present, absent in ((weights_path, info_path), (info_path, weights_path)):
+        if present.exists() and not absent.exists():
+            raise ValueError(f"{directory}: {present.name} without {absent.name}; a prompt-tuned model needs both")
+    try:
+        info = json.loads(info_path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"{info_path}: cannot read prompt tuning: {error}") from error
+    classes = info.get("classes") if isinstance(info, dict) else None
+    if not isinstance(info, dict) or info.get("format") != PROMPT_TUNING_FORMAT:
+        raise ValueError(f"{info_path}: not a prompt-tuning file (missing \"format\": \"{PROMPT_TUNING_FORMAT}\")")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) and c for c in classes):
+        raise ValueError(f"{info_path}: \"classes\" must be a non-empty list of class texts")
+    try:
+        tensors = load_file(weights_path)
+    except Exception as error:  # safetensors raises its own error types
+        raise CheckpointError(f"cannot read prompt offsets {weights_path}: {error}") from error
+    offset = tensors.get("offset")
+    if offset is None or offset.dim() != 2 or set(tensors) != {"offset"}:
+        raise CheckpointError(f"{weights_path}: expected one [max_query_len, D] tensor named 'offset', "
+                              f"got {sorted(tensors)}")
+    return offset, classes
+
+
 def write_pretrained_dir(
     directory: str | Path,
     config: GLIPConfig,
     state_dict: dict[str, Tensor],
     vocab_file: str | Path | None,
     metadata: dict[str, Any] | None = None,
+    prompt_tuning: tuple[Tensor, list[str]] | None = None,
 ) -> Path:
-    """Write weights, config and vocabulary atomically (a temp folder renamed into place)."""
+    """Write weights, config and vocabulary atomically (a temp folder renamed into place).
+
+    Args:
+        prompt_tuning: the offsets ``[L, D]`` and class texts of a prompt-tuned model.
+    """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
@@ -120,6 +163,12 @@ def write_pretrained_dir(
             "metadata": metadata or {},
         }
         (staging / CONFIG_FILE).write_text(json.dumps(document, indent=2) + "\n")
+        if prompt_tuning is not None:
+            offset, classes = prompt_tuning
+            save_file({"offset": offset.detach().contiguous().cpu()}, staging / PROMPT_TUNING_WEIGHTS,
+                      metadata={"format": "pt"})
+            info = {"format": PROMPT_TUNING_FORMAT, "version": 1, "classes": list(classes)}
+            (staging / PROMPT_TUNING_FILE).write_text(json.dumps(info, indent=2) + "\n")
         if vocab_file is not None:
             (staging / TOKENIZER_DIR).mkdir()
             shutil.copyfile(vocab_file, staging / TOKENIZER_DIR / "vocab.txt")
@@ -186,6 +235,7 @@ __all__ = [
     "download_preset_checkpoint",
     "official_checkpoint_and_config",
     "read_pretrained_dir",
+    "read_prompt_tuning",
     "resolve",
     "write_pretrained_dir",
 ]

@@ -7,6 +7,7 @@ loading, prompts and decoding live in :mod:`glip.processing` and :mod:`glip.mode
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from torch import Tensor, nn
@@ -16,7 +17,7 @@ from glip.modeling.dyhead import DyHeadTower
 from glip.modeling.efficientnet import EfficientNetLiteBackbone
 from glip.modeling.fpn import FPN
 from glip.modeling.head import GroundingHead, HeadOutputs
-from glip.modeling.language import LanguageBackbone, TextFeatures, freeze
+from glip.modeling.language import LanguageBackbone, PromptOffset, TextFeatures, freeze
 from glip.modeling.swin import SwinBackbone
 
 
@@ -68,13 +69,36 @@ class GLIPModel(nn.Module):
             freeze(self.language)
         if config.backbone == "swin" and config.swin.freeze_at >= 0:
             self.backbone.freeze_stages(config.swin.freeze_at)
+        # Prompt tuning (glip.transfer): offsets added to the text features of a fixed prompt.
+        self.prompt_offset: PromptOffset | None
+        self.register_module("prompt_offset", None)
+        # Top-level parts frozen for transfer learning (see ``freeze_parts``).
+        self.frozen_parts: tuple[str, ...] = ()
 
     def train(self, mode: bool = True) -> GLIPModel:
         super().train(mode)
         if self.config.language.freeze:
             # A frozen language backbone runs as in inference: no dropout.
             self.language.eval()
+        for name in self.frozen_parts:
+            self.get_submodule(name).eval()
         return self
+
+    def freeze_parts(self, names: Iterable[str]) -> None:
+        """Stop the gradients of the named parts (e.g. ``"backbone"``, ``"tower"``) and keep them in
+        evaluation mode during training: a frozen part is a fixed function (no batch-norm statistics
+        updates, dropout, drop path or DropBlock). The official fine-tuning only turns gradients
+        off (``tools/finetune.py``), which leaves a frozen Swin's drop path active.
+        """
+        names = tuple(names)
+        for name in names:
+            try:
+                part = self.get_submodule(name)
+            except AttributeError:
+                raise ValueError(f"freeze_parts: the model has no part {name!r}") from None
+            freeze(part)
+            part.eval()
+        self.frozen_parts = tuple(dict.fromkeys(self.frozen_parts + names))
 
     def encode_image(self, images: Tensor) -> list[Tensor]:
         """``[B, 3, H, W]`` -> FPN levels P3..P7, each ``[B, C, H_l, W_l]``."""
@@ -83,8 +107,12 @@ class GLIPModel(nn.Module):
         return self.fpn(stages[1:])
 
     def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> TextFeatures:
-        """``[B, T]`` token ids and mask -> BERT features (cacheable for a fixed prompt)."""
-        return self.language(input_ids, attention_mask)
+        """``[B, T]`` token ids and mask -> BERT features (cacheable for a fixed prompt), plus the
+        tuned offsets of a prompt-tuned model."""
+        text = self.language(input_ids, attention_mask)
+        if self.prompt_offset is not None:
+            text = self.prompt_offset(text)
+        return text
 
     def fuse_and_predict(self, visual: list[Tensor], text: TextFeatures) -> GLIPOutput:
         """Fusion tower then head, for FPN levels and text features of the same batch size."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from transformers import BertConfig, BertModel
 
@@ -55,10 +57,46 @@ class LanguageBackbone(nn.Module):
         return TextFeatures(hidden=hidden, embedded=embedded, mask=attention_mask)
 
 
+class PromptOffset(nn.Module):
+    """Learned offsets added to the language features of one fixed prompt (GLIP prompt tuning).
+
+    Official ``rpn/vldyhead.py:VLDyHeadModule.forward`` with DYHEAD.FUSE_CONFIG.ADD_LINEAR_LAYER
+    (``SOLVER.TUNING_HIGHLEVEL_OVERRIDE language_prompt_v2``): row ``t`` of a zero-initialised table
+    (``tunable_linear.weight``, ``[1000, D]``) is added to the BERT output of token ``t``, both to
+    the input of the fusion tower (``hidden``) and to the features the dot product scores against
+    (``embedded``); everything else stays frozen. The offsets belong to token positions, so they
+    mean something only for the prompt they were tuned on: :attr:`classes` (its class texts, in
+    label order). Differences from the official code: the table has ``max_query_len`` rows (the
+    official rows past the token limit are never read), and padding rows of ``embedded`` stay zero
+    (officially they receive their offsets too, which no loss or score ever reads).
+
+    Args:
+        max_len: rows of the table (the model's ``max_query_len``).
+        dim: width of the language features.
+        classes: the class texts of the tuned prompt, in label order.
+    """
+
+    def __init__(self, max_len: int, dim: int, classes: Sequence[str]) -> None:
+        super().__init__()
+        if isinstance(classes, str) or not classes:
+            raise ValueError("a prompt offset needs the non-empty list of class texts it is tuned for")
+        self.offset = nn.Parameter(torch.zeros(max_len, dim))
+        self.classes: tuple[str, ...] = tuple(classes)
+
+    def forward(self, text: TextFeatures) -> TextFeatures:
+        """``text`` with row ``t`` of the table added to token ``t`` (``[B, T, D]``, ``T <= max_len``)."""
+        length = text.hidden.shape[1]
+        if length > self.offset.shape[0]:
+            raise ValueError(f"prompt of {length} tokens is longer than the {self.offset.shape[0]} tuned offsets")
+        hidden = text.hidden + self.offset[:length].unsqueeze(0).to(text.hidden.dtype)  # [T, D] -> [1, T, D]
+        embedded = hidden * text.mask.unsqueeze(-1).to(hidden.dtype)
+        return TextFeatures(hidden=hidden, embedded=embedded, mask=text.mask)
+
+
 def freeze(module: nn.Module) -> None:
     """Stop gradients through ``module`` (official LANGUAGE_BACKBONE.FREEZE)."""
     for parameter in module.parameters():
         parameter.requires_grad_(False)
 
 
-__all__ = ["LanguageBackbone", "TextFeatures", "bert_config", "freeze"]
+__all__ = ["LanguageBackbone", "PromptOffset", "TextFeatures", "bert_config", "freeze"]

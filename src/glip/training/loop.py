@@ -16,6 +16,7 @@ Run on one process with ``glip train recipe.yaml`` or on several with
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import logging
@@ -77,12 +78,15 @@ class TrainCallbacks:
     """Optional calls into a run (tests and tools; training needs none).
 
     Attributes:
+        prepare_model: called with the freshly built model before the optimizer is made, to change
+            what trains (freeze parts, add trainable parameters; see :mod:`glip.transfer`).
         on_model_ready: called with the unwrapped model once it is built (and, when resuming,
             restored), before the first step.
         on_step_end: called after every optimizer step (and its checkpoint, if one is due) with the
             number of steps done and that step's metrics.
     """
 
+    prepare_model: Callable[[GLIP], None] | None = None
     on_model_ready: Callable[[GLIP], None] | None = None
     on_step_end: Callable[[int, dict[str, float]], None] | None = None
 
@@ -130,6 +134,7 @@ def build_model(recipe: TrainRecipe) -> GLIP:
         model = pretrained
     else:
         model = GLIP(config, pretrained.default_threshold)
+        model.prompt_offset = pretrained.prompt_offset  # a prompt-tuned model keeps its offsets
         model.load_state_dict(pretrained.state_dict(), strict=True)
     if recipe.gradient_checkpointing is not None:
         set_gradient_checkpointing(model, recipe.gradient_checkpointing)
@@ -154,7 +159,8 @@ def set_gradient_checkpointing(model: nn.Module, enabled: bool) -> None:
 
 
 def build_dataset(recipe: TrainRecipe, tokenizer: BertTokenizerFast, config: GLIPConfig) -> Dataset:
-    """The training data: one source, or several drawn with their weights (:class:`MixedDataset`)."""
+    """The training data: one source, or several drawn with their weights (:class:`MixedDataset`,
+    also used to repeat one source when ``data.samples_per_epoch`` exceeds its size)."""
     data = recipe.data
     transforms = TrainTransforms(
         data.min_sizes,
@@ -179,9 +185,14 @@ def build_dataset(recipe: TrainRecipe, tokenizer: BertTokenizerFast, config: GLI
         )
         for source in data.sources
     ]
-    if len(datasets) == 1:
+    if len(datasets) == 1 and data.samples_per_epoch == 0:
         return datasets[0]
-    return MixedDataset(datasets, [source.weight for source in data.sources], seed=recipe.seed)
+    return MixedDataset(
+        datasets,
+        [source.weight for source in data.sources],
+        num_samples=data.samples_per_epoch or None,
+        seed=recipe.seed,
+    )
 
 
 def total_steps(recipe: TrainRecipe, dataset_size: int) -> int:
@@ -300,7 +311,10 @@ def _train(
     precision_dtype = autocast_dtype(recipe.precision, device)
 
     # build_model seeds the initialisation: every process starts from the same weights.
-    model = build_model(recipe).to(device)
+    model = build_model(recipe)
+    if callbacks.prepare_model is not None:
+        callbacks.prepare_model(model)
+    model = model.to(device)
     dataset = build_dataset(recipe, model.tokenizer, model.config)
     collator = Collator(model.tokenizer, model.config.language.max_query_len, model.config.input.size_divisibility)
     if len(dataset) < recipe.batch_size:
@@ -423,6 +437,9 @@ def _train(
                                       language_from_package=language_from_package)
         if run.ema is not None:
             averaged = GLIP(run.unwrapped.config, run.unwrapped.default_threshold)
+            if run.unwrapped.prompt_offset is not None:
+                # The averaged offsets are loaded below, into a module of the same shape and prompt.
+                averaged.prompt_offset = copy.deepcopy(run.unwrapped.prompt_offset)
             run.ema.copy_to(averaged)
             averaged.save_pretrained(
                 output_dir / EMA_MODEL_DIR, metadata={"trained_steps": position.step, "ema_decay": run.ema.decay},

@@ -80,6 +80,9 @@ class DataRecipe:
     # A batch with more images without boxes than this fraction is skipped (SOLVER.MAX_NEG_PER_BATCH).
     max_negative_fraction: float = 0.1
     num_workers: int = 4
+    # Samples per epoch; 0 = the sources' total size. Larger repeats the data within an epoch, each
+    # repeat with its own augmentation (official DATASETS.GENERAL_COPY for few-shot sets).
+    samples_per_epoch: int = 0
 
 
 @dataclass(frozen=True)
@@ -344,6 +347,12 @@ def _list_index(container: list, part: str, where: str) -> int:
 # --------------------------------------------------------------------------------------------------
 
 
+def build_dataclass(cls: type, data: Any, where: str = "") -> Any:
+    """Instantiate the (nested, frozen) dataclass ``cls`` from a mapping with the recipe rules:
+    unknown keys and wrong types are :class:`RecipeError` naming the key (prefixed by ``where``)."""
+    return _build(cls, data, where)
+
+
 def _build(cls: type, data: Any, where: str) -> Any:
     """Instantiate dataclass ``cls`` from a mapping, checking keys and value types."""
     label = where or "recipe"
@@ -485,6 +494,8 @@ def _validate(recipe: TrainRecipe) -> list[str]:
             problems.append(f"data.{name} must be in [0, 1], got {getattr(data, name)}")
     if data.num_negatives < 0 or data.num_workers < 0:
         problems.append("data.num_negatives and data.num_workers must be >= 0")
+    if data.samples_per_epoch < 0:
+        problems.append(f"data.samples_per_epoch must be >= 0 (0 = the data's size), got {data.samples_per_epoch}")
     optimizer = recipe.optimizer
     for name in ("lr", "language_lr", "weight_decay", "bias_weight_decay", "eps", "clip_grad_norm"):
         if getattr(optimizer, name) < 0:
