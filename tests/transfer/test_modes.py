@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,12 @@ def test_recipe_files_and_their_errors(tmp_path: Path) -> None:
         with pytest.raises(RecipeError, match=message) as error:
             FinetuneRecipe.from_yaml(path)
         assert str(path) in str(error.value)
+
+
+def test_full_data_runs_take_their_own_step_budget(
+    recipe: FinetuneRecipe, train_split: CocoSplit, tmp_path: Path
+) -> None:
+    """``full_data_steps`` sets the length of a full-data run and leaves k-shot runs at ``max_steps``."""
+    longer = dataclasses.replace(recipe, full_data_steps=3)
+    assert finetune(longer, "prompt", train_split, tmp_path / "full", shots=None, seed=0).steps == 3
+    assert finetune(longer, "prompt", train_split, tmp_path / "one", shots=1, seed=0).steps == recipe.max_steps

@@ -88,6 +88,9 @@ class FinetuneRecipe:
             budget, not the official one.
         epochs: with ``max_steps`` 0: epochs over the few-shot set repeated as officially
             (official: 200, with early stopping).
+        full_data_steps: optimizer steps of a full-data run (0: ``max_steps`` / ``epochs`` as for
+            k-shot runs). A step budget sized for a handful of images would stop a full-data run
+            before it has seen its data once; the official full-data runs train for epochs.
         min_sizes / max_size / flip_prob: training resize and flip (ODinW configs: 800 / 1333).
         num_workers: data-loading processes.
         modes: per-mode changes of :data:`.modes.OFFICIAL_MODES`, e.g. ``{prompt: {lr: 0.01}}``.
@@ -105,6 +108,7 @@ class FinetuneRecipe:
     batch_size: int = 4
     max_steps: int = 50
     epochs: int = 0
+    full_data_steps: int = 0
     min_sizes: tuple[int, ...] = (800,)
     max_size: int = 1333
     flip_prob: float = 0.5
@@ -131,8 +135,8 @@ class FinetuneRecipe:
         for name in ("batch_size", "eval_batch_size", "log_every"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_steps < 0 or self.epochs < 0 or self.num_threads < 0 or self.num_workers < 0:
-            problems.append("max_steps, epochs, num_threads and num_workers must be >= 0")
+        if min(self.max_steps, self.epochs, self.full_data_steps, self.num_threads, self.num_workers) < 0:
+            problems.append("max_steps, epochs, full_data_steps, num_threads and num_workers must be >= 0")
         for mode in self.modes:
             if mode not in MODES:
                 problems.append(f"modes.{mode}: unknown tuning mode; expected one of {', '.join(MODES)}")
@@ -291,6 +295,8 @@ def finetune(
     # Repeat a few-shot set as officially; at least one batch per epoch.
     samples_per_epoch = max(copies_for(shots) * num_images, recipe.batch_size)
     max_steps = recipe.max_steps or max(1, math.ceil(recipe.epochs * samples_per_epoch / recipe.batch_size))
+    if shots is None and recipe.full_data_steps:
+        max_steps = recipe.full_data_steps
     train_recipe = TrainRecipe(
         model=recipe.model,
         pretrained=True,

@@ -253,6 +253,8 @@ def study_markdown(report: dict[str, Any]) -> str:
     recipe = settings["recipe"]
     steps = (f"{recipe['max_steps']} steps" if recipe["max_steps"]
              else f"{recipe['epochs']} epochs (few-shot sets repeated as officially)")
+    if recipe.get("full_data_steps"):
+        steps += f" ({recipe['full_data_steps']} steps with full data)"
     lines += [
         "",
         f"Each run: {steps} of {recipe['batch_size']} images, training sizes {recipe['min_sizes']}; "
