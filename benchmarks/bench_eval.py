@@ -5,7 +5,10 @@ Each run is ``glip eval coco`` on the split's ``detection.json`` (official evalu
 warm-up batch; the AP of every batch size is reported too, as a check that batching changes
 nothing but the speed.
 
-    python benchmarks/bench_eval.py [--model glip_nano] [--images 64] [--batch-sizes 1,8] [--threads 2]
+    python benchmarks/bench_eval.py [--models glip_nano,DIR] [--images 64] [--batch-sizes 1,8] [--threads 2]
+
+The tiny reference model of ``../shared/reference/glip_tiny_parity`` is measured after converting it:
+``glip convert CHECKPOINT CONFIG --text-config TEXT_CONFIG --out runs/tiny_ref``.
 
 Prints a table and writes benchmarks/results/eval_throughput.{json,md}.
 """
@@ -50,7 +53,8 @@ def time_evaluation(model: GLIP, annotations: Path, images: Path, batch_size: in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="glip_nano", help="preset name or model directory (default glip_nano)")
+    parser.add_argument("--models", default="glip_nano",
+                        help="comma-separated preset names or model directories (default glip_nano)")
     parser.add_argument("--images", type=int, default=64, help="images of the generated test split (default 64)")
     parser.add_argument("--batch-sizes", default="1,8", help="comma-separated batch sizes (default 1,8)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
@@ -59,25 +63,29 @@ def main() -> None:
                         help="an existing `glip synth` split to use instead of generating one")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model = GLIP.from_pretrained(args.model, device=args.device)
     batch_sizes = [int(size) for size in args.batch_sizes.split(",")]
+    rows = []
     with tempfile.TemporaryDirectory() as scratch:
         if args.split_dir is None:
             split = synthesize(Path(scratch) / "split", args.images, seed=1000, split="test", show_progress=False)
             annotations, images = split["detection"], split["images"]
         else:
             annotations, images = args.split_dir / "detection.json", args.split_dir / "images"
-        rows = [time_evaluation(model, annotations, images, size) for size in batch_sizes]
+        for name in args.models.split(","):
+            model = GLIP.from_pretrained(name, device=args.device)
+            test_size = f"{model.config.input.min_size_test}/{model.config.input.max_size_test}"
+            for size in batch_sizes:
+                rows.append({"model": name, "test_size": test_size, **time_evaluation(model, annotations, images, size)})
     device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.processor() or "cpu"
-    meta = {"model": args.model, "device": args.device, "device_name": device, "torch": torch.__version__,
+    meta = {"models": args.models, "device": args.device, "device_name": device, "torch": torch.__version__,
             "threads": args.threads, "machine": platform.machine(), "cpu_count": os.cpu_count()}
     results = ROOT / "benchmarks" / "results"
     results.mkdir(parents=True, exist_ok=True)
     (results / "eval_throughput.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    lines = ["| batch size | images | seconds | images/s | AP |", "|---|---|---|---|---|"]
+    lines = ["| model | test resize | batch size | images | seconds | images/s | AP |", "|---|---|---|---|---|---|---|"]
     for row in rows:
-        lines.append(f"| {row['batch_size']} | {row['images']} | {row['seconds']:.2f} | {row['images_per_s']:.2f} | "
-                     f"{row['AP']:.4f} |")
+        lines.append(f"| {row['model']} | {row['test_size']} | {row['batch_size']} | {row['images']} | "
+                     f"{row['seconds']:.2f} | {row['images_per_s']:.2f} | {row['AP']:.4f} |")
     table = "\n".join(lines)
     (results / "eval_throughput.md").write_text(
         f"# Evaluation throughput: `glip eval coco` on a Shapes-world test split\n\n{table}\n\n{json.dumps(meta)}\n"
