@@ -19,7 +19,8 @@ from pathlib import Path
 
 from glip.data.shapes_world import synthesize
 from glip.transfer.finetune import CocoSplit
-from glip.transfer.study import STUDY_JSON, STUDY_MARKDOWN, study_command, write_text_atomic
+from glip.files import write_text_atomic
+from glip.transfer.study import STUDY_JSON, STUDY_MARKDOWN, study_command
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +10,7 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
+from glip.files import write_json_atomic
 from glip.modeling.postprocess import Detections
 from glip.processing import load_image
 
@@ -40,19 +38,6 @@ def draw_detections(image: Image.Image, detections: Detections) -> Image.Image:
         draw.rectangle((box[0], y, box[0] + right - left + 4, y + bottom - top + 2), fill=color)
         draw.text((box[0] + 2, y), text, fill=(255, 255, 255), font=font)
     return canvas
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON through a temp file renamed into place (never a half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(data, stream, indent=2)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def detect_and_save(

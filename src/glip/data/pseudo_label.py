@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from glip import quirks
 from glip.processing import load_image
-from glip.visualize import write_json_atomic
+from glip.files import write_json_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from glip.files import write_text_atomic
 from glip.evaluation.prompts import CategoryText, build_category_prompts, category_texts
 from glip.evaluation.runner import (
     RunOptions,
@@ -38,7 +39,6 @@ from glip.evaluation.runner import (
     model_digest,
     run_batches,
     write_json,
-    write_text,
 )
 
 logger = logging.getLogger(__name__)
@@ -183,7 +183,7 @@ def write_evaluation(out: Path, results: Any, metrics: dict[str, Any], per_categ
     the partial results."""
     write_json(out / "results.json", results)
     if per_category_ap:
-        write_text(out / "per_category.md", per_category_table(per_category_ap, title))
+        write_text_atomic(out / "per_category.md", per_category_table(per_category_ap, title))
     write_json(out / "metrics.json", metrics, indent=2)
     clear_partials(out)
 

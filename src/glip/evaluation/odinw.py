@@ -35,13 +35,13 @@ from typing import Any
 
 from glip.evaluation.coco import METRIC_NAMES, evaluate_detection
 from glip.evaluation.prompts import CategoryText, clean_name
+from glip.files import write_text_atomic
 from glip.evaluation.runner import (
     DEFAULT_SAVE_EVERY,
     RunOptions,
     model_digest,
     process_group,
     write_json,
-    write_text,
 )
 
 logger = logging.getLogger(__name__)
@@ -493,6 +493,6 @@ def evaluate_odinw(
                               "datasets": results, "failed": failed}
     write_json(out / "metrics.json", report, indent=2)
     table = summary_table(results, failed, mean, f"ODinW-{suite} ({split} split)")
-    write_text(out / "summary.md", table)
+    write_text_atomic(out / "summary.md", table)
     logger.info("\n%s", table)
     return OdinwEvaluation(mean, results, failed, table)

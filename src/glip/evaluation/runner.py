@@ -24,7 +24,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
+
+from glip.files import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -201,21 +202,8 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def write_text(path: Path, text: str) -> None:
-    """Write a file through a temp file renamed into place (never a half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def write_json(path: Path, data: Any, indent: int | None = None) -> None:
-    """Write JSON atomically (:func:`write_text`); NaN and infinities become null.
+    """Write JSON atomically (:func:`glip.files.write_text_atomic`); NaN and infinities become null.
 
     Compact by default: ``json.dumps`` without indent runs in C, which matters for the millions of
     records of an LVIS ``results.json``.
@@ -224,7 +212,7 @@ def write_json(path: Path, data: Any, indent: int | None = None) -> None:
         text = json.dumps(data, indent=indent, allow_nan=False)
     except ValueError:  # NaN somewhere (e.g. the AP of a category without ground truth)
         text = json.dumps(_json_safe(data), indent=indent, allow_nan=False)
-    write_text(path, text)
+    write_text_atomic(path, text)
 
 
 def clear_partials(out: Path) -> None:

@@ -49,7 +49,7 @@ from glip.training.recipe import (
 from glip.transfer.fewshot import ShotUnit, boxes_per_class, copies_for, sample_few_shot
 from glip.transfer.modes import MODES, OFFICIAL_MODES, ModeSettings, apply_mode, check_mode
 from glip.transfer.prompts import ClassPrompts, class_texts, sorted_categories
-from glip.visualize import write_json_atomic
+from glip.files import write_json_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -42,7 +42,7 @@ from glip.transfer.finetune import (
 )
 from glip.transfer.modes import check_mode
 from glip.transfer.prompts import ClassPrompts, class_texts
-from glip.visualize import write_json_atomic
+from glip.files import write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -374,18 +374,6 @@ def _run_key(run: dict[str, Any]) -> tuple[Any, ...]:
     return run["variant"], run["mode"], run["shots"], run["seed"]
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write text through a temporary file renamed into place (never a half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    try:
-        temporary.write_text(text, encoding="utf-8")
-        temporary.replace(path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
 def _save(output_dir: Path, report: dict[str, Any], started: float) -> None:
     report["seconds"] = time.perf_counter() - started
     write_json_atomic(output_dir / STUDY_JSON, report)
@@ -402,5 +390,4 @@ __all__ = [
     "study_command",
     "study_markdown",
     "study_table",
-    "write_text_atomic",
 ]
