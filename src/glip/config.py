@@ -93,6 +93,9 @@ class HeadConfig:
     num_classes: int = 80
     # Recompute the fusion blocks in backward to save memory (official DYHEAD.USE_CHECKPOINT).
     use_checkpoint: bool = True
+    # Add each tower layer's input to its output (not in the official head, whose released models
+    # all have it off): lets small towers pass fine-level detail such as colour to the scores.
+    residual: bool = False
 
 
 @dataclass(frozen=True)

@@ -110,6 +110,31 @@ def test_backward_is_finite_and_checkpoint_matches() -> None:
         torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-6, rtol=1e-5, msg=name)
 
 
+@pytest.mark.parametrize("fusion_enabled", [True, False])
+def test_residual_tower_adds_each_layers_input(fusion_enabled: bool) -> None:
+    plain = _tower(fusion_enabled).eval()
+    residual = _tower(fusion_enabled, residual=True).eval()
+    residual.load_state_dict(plain.state_dict())  # same weights: only the skip differs
+    visual = _visual(2)
+    text = torch.randn(2, 5, TEXT_DIM)
+    mask = torch.ones(2, 5, dtype=torch.long)
+    with torch.no_grad():
+        expected_visual, expected_text = visual, text
+        for layer in plain.layers:
+            fused_visual, fused_text = expected_visual, expected_text
+            if layer.fusion is not None:
+                fused_visual, fused_text = layer.fusion(expected_visual, expected_text, mask)
+                fused_text = layer.text_layer(fused_text, mask)
+            expected_visual = [out + inp for out, inp in zip(layer.dyconv(fused_visual), fused_visual)]
+            expected_text = fused_text
+        out_visual, out_text = residual(visual, text, mask)
+        plain_visual, _ = plain(visual, text, mask)
+    for level, (got, want) in enumerate(zip(out_visual, expected_visual)):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, msg=f"level {level}")
+    torch.testing.assert_close(out_text, expected_text)
+    assert not torch.allclose(out_visual[0], plain_visual[0], atol=1e-3)
+
+
 def test_training_dropout_runs() -> None:
     tower = _tower(fusion_dropout=0.5).train()
     out_visual, out_text = tower(_visual(1), torch.randn(1, 4, TEXT_DIM), torch.ones(1, 4))

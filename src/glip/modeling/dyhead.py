@@ -244,12 +244,17 @@ class DyHeadLayer(nn.Module):
     """One tower layer: fusion -> text layer -> DyConv (fusion and text layer absent without fusion)."""
 
     def __init__(
-        self, fusion: VisionLanguageFusion | None, text_layer: TextEncoderLayer | None, dyconv: DyConv
+        self,
+        fusion: VisionLanguageFusion | None,
+        text_layer: TextEncoderLayer | None,
+        dyconv: DyConv,
+        residual: bool = False,
     ) -> None:
         super().__init__()
         self.fusion = fusion
         self.text_layer = text_layer
         self.dyconv = dyconv
+        self.residual = residual
 
     def forward(
         self, visual: list[Tensor], text_hidden: Tensor, text_mask: Tensor | None
@@ -258,6 +263,8 @@ class DyHeadLayer(nn.Module):
             visual, text_hidden = self.fusion(visual, text_hidden, text_mask)
         if self.text_layer is not None:
             text_hidden = self.text_layer(text_hidden, text_mask)
+        if self.residual:
+            return [output + feature for output, feature in zip(self.dyconv(visual), visual)], text_hidden
         return self.dyconv(visual), text_hidden
 
 
@@ -278,6 +285,7 @@ class DyHeadTower(nn.Module):
             num_attention_heads, intermediate_size, layer_norm_eps, hidden_act, dropouts);
             required when fusion is enabled.
         use_checkpoint: gradient checkpointing of the fusion steps (training only).
+        residual: add each layer's (fused) input to its DyConv output (off in official models).
 
     Inputs: ``visual`` (5 levels [B, C, H_l, W_l], finest first), ``text_hidden`` [B, T, D],
     ``text_mask`` [B, T]. Outputs: the final levels and the final text hidden states [B, T, D]
@@ -299,6 +307,7 @@ class DyHeadTower(nn.Module):
         use_dyfuse: bool = True,
         bert_config: dict[str, Any] | None = None,
         use_checkpoint: bool = False,
+        residual: bool = False,
     ) -> None:
         super().__init__()
         if fusion_enabled and bert_config is None:
@@ -319,7 +328,7 @@ class DyHeadTower(nn.Module):
                 )
                 text_layer = TextEncoderLayer.from_bert_config(bert_config)
             dyconv = DyConv(channels, group_norm_groups, use_deformable, use_dyfuse, use_dyrelu)
-            layers.append(DyHeadLayer(fusion, text_layer, dyconv))
+            layers.append(DyHeadLayer(fusion, text_layer, dyconv, residual))
         self.layers = nn.ModuleList(layers)
 
     @classmethod
@@ -340,6 +349,7 @@ class DyHeadTower(nn.Module):
             # The official head builds its BERT layers from the language model's config.
             bert_config=config.language.bert,
             use_checkpoint=config.head.use_checkpoint,
+            residual=config.head.residual,
         )
 
     def reset_parameters(self) -> None:
