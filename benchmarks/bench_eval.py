@@ -7,7 +7,7 @@ nothing but the speed.
 
     python benchmarks/bench_eval.py [--models glip_nano,DIR] [--images 64] [--batch-sizes 1,8] [--threads 2]
 
-The tiny reference model of ``../shared/reference/glip_tiny_parity`` is measured after converting it:
+The tiny reference model of ``tests/reference/glip_tiny_parity`` is measured after converting it:
 ``glip convert CHECKPOINT CONFIG --text-config TEXT_CONFIG --out runs/tiny_ref``.
 
 Prints a table and writes benchmarks/results/eval_throughput.{json,md}.

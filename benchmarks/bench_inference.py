@@ -1,6 +1,6 @@
 """CPU inference time per image: full-size GLIP-T (random weights) and the tiny reference model.
 
-The measurement mirrors the official one in ``../shared/reference/glip_checkpoint_layout/README.md``:
+The measurement mirrors the official one in ``tests/reference/glip_checkpoint_layout/README.md``:
 one 800x1333 image, the 80 COCO class names as the prompt, ``torch.set_num_threads(2)``, fp32,
 one warm-up then the median of 3 runs of ``predict`` (preprocessing, network, post-processing).
 
@@ -26,7 +26,7 @@ from glip.hub.presets import PRESETS
 from glip.processing import default_offline_vocab_dir
 
 ROOT = Path(__file__).resolve().parents[1]
-REFERENCE = ROOT / ".." / "shared" / "reference"
+REFERENCE = ROOT / "tests" / "reference"
 COCO_CLASSES = [
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
     "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
@@ -83,7 +83,7 @@ def main() -> None:
     table = "\n".join(lines)
     (results / "inference_cpu.md").write_text(
         f"# CPU inference time per image\n\n{table}\n\n{json.dumps(meta)}\n\n"
-        "Official GLIP-T figure: ../shared/reference/glip_checkpoint_layout/README.md (same machine type, "
+        "Official GLIP-T figure: tests/reference/glip_checkpoint_layout/README.md (same machine type, "
         "2 threads, model forward).\n"
     )
     print(table)

@@ -2,7 +2,7 @@
 
 Run on a machine with a CUDA GPU (not part of CI):
 
-    python benchmarks/gpu_check.py --reference ../shared/reference --vocab DIR_WITH_VOCAB_TXT
+    python benchmarks/gpu_check.py --reference tests/reference --vocab DIR_WITH_VOCAB_TXT
 
 1. The tiny reference models on CUDA (fp32, TF32 off) reproduce the official detections
    (same labels, scores within 1e-4, boxes within 0.01 px).

@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--out", type=Path, required=True, help="output model directory")
     convert.set_defaults(handler=command_convert)
 
-    synth = commands.add_parser("synth", help="generate a Shapes-world split (../shared/SHAPES_WORLD.md)")
+    synth = commands.add_parser("synth", help="generate a Shapes-world split (docs/shapes_world.md)")
     synth.add_argument("--out", type=Path, required=True, help="output folder (images/ and the annotation files)")
     synth.add_argument("--images", type=int, required=True, help="number of images")
     synth.add_argument("--seed", type=int, required=True, help="random seed (canonical test split: 1000)")

@@ -1,4 +1,4 @@
-"""Fixtures of the evaluation tests: the tiny official-format GLIP of ``../shared/reference``."""
+"""Fixtures of the evaluation tests: the tiny official-format GLIP of ``tests/reference``."""
 
 from __future__ import annotations
 

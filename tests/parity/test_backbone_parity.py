@@ -1,6 +1,6 @@
 """Swin backbone and FPN against tensors produced by the official GLIP code.
 
-Reference: ``../shared/reference/glip_tiny{,_a}_parity`` (tiny Swin: embed 12, depths 2-2-2-2, window 7;
+Reference: ``tests/reference/glip_tiny{,_a}_parity`` (tiny Swin: embed 12, depths 2-2-2-2, window 7;
 FPN 32 channels). The network input is the stored demo-transformed ``image`` zero-padded at
 bottom/right to a multiple of 32, as the official ``to_image_list`` does (quirk 1). The cases include a
 non-square input (b) and stride-32 maps smaller than the window (quirk 4: the shifted blocks still roll).

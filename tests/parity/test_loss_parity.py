@@ -1,4 +1,4 @@
-"""Parity of one training step with the official code (``../shared/reference/glip_tiny_loss``).
+"""Parity of one training step with the official code (``tests/reference/glip_tiny_loss``).
 
 The tiny full-fusion checkpoint of ``glip_tiny_parity`` in training mode is fed the stored
 official inputs (padded images, tokens, boxes, binarised positive map); the head outputs, the ATSS

@@ -1,6 +1,6 @@
 """Pre- and post-processing against tensors produced by the official GLIP demo path.
 
-Reference: ``../shared/reference/glip_tiny{,_a}_parity`` (data card quirks 1, 2, 10-12).
+Reference: ``tests/reference/glip_tiny{,_a}_parity`` (data card quirks 1, 2, 10-12).
 * image: the demo transform of the stored PNG (PIL bilinear resize, BGR 0-255, normalised) — exact;
 * text: token ids, attention mask and positive map of the prompt — exact;
 * anchors of every level — exact;

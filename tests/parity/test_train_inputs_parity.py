@@ -1,4 +1,4 @@
-"""Training inputs against one official training step (``../shared/reference/glip_tiny_loss``).
+"""Training inputs against one official training step (``tests/reference/glip_tiny_loss``).
 
 The card's samples are rebuilt through our datasets, transforms and collate:
 * (a) detection: COCO boxes of the card, categories person/flag/helmet/rocket (helmet without a box),

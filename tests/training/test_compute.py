@@ -78,7 +78,7 @@ def test_unknown_annotation_format(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------------------ parity
 
-# The samples of ../shared/reference/glip_tiny_loss (README "Samples"): images of glip_tiny_parity.
+# The samples of tests/reference/glip_tiny_loss (README "Samples"): images of glip_tiny_parity.
 _DETECTION = {
     "images": [{"id": 1, "file_name": "case_a_astronaut.png", "height": 256, "width": 256}],
     "annotations": [

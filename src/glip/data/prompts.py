@@ -5,7 +5,7 @@ the characters of its class name (official ``data/datasets/od_to_grounding.py``)
 
 * :func:`full_category_prompt`: every category, in the dataset's category order
   (``convert_od_to_grounding_simple`` with ``disable_shuffle=True``; COCO / ODinW fine-tuning and the
-  reference training step of ``../shared/reference/glip_tiny_loss``);
+  reference training step of ``tests/reference/glip_tiny_loss``);
 * :func:`sampled_category_prompt`: the image's positive classes plus randomly sampled negative classes,
   shuffled, kept within the token budget (``check_for_positive_overflow`` +
   ``convert_object_detection_to_grounding_optimized_for_od``, the Objects365 pre-training recipe with

@@ -1,4 +1,4 @@
-"""The three evaluations of the Shapes world (``../shared/SHAPES_WORLD.md``).
+"""The three evaluations of the Shapes world (``docs/shapes_world.md``).
 
 1. shape detection: the 6 shape names as the prompt, COCO AP@[.5:.95] on ``detection.json``;
 2. pair detection: the 36 pair names as one prompt, AP on ``pairs.json`` over all 36 classes and

@@ -1,7 +1,7 @@
 """Feature pyramid P3-P7 over the three coarsest Swin stages (Lin et al. 2017, RetinaNet variant).
 
 Matches the official ``maskrcnn_benchmark/modeling/backbone/fpn.py`` (``FPN`` + ``LastLevelP6P7``) as
-built by ``build_retinanet_swint_fpn_backbone`` (quirk 5 of ``../shared/reference/glip_tiny_parity/README.md``):
+built by ``build_retinanet_swint_fpn_backbone`` (quirk 5 of ``tests/reference/glip_tiny_parity/README.md``):
 1x1 lateral and 3x3 output convolutions with bias, no norm or activation; the top-down path upsamples
 with nearest interpolation to the lateral's exact size (so odd sizes work); P6 is a stride-2 3x3 conv on
 the P5 OUTPUT and P7 a stride-2 3x3 conv on ``relu(P6)``. In training, DropBlock (block size 3) is applied

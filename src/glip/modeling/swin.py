@@ -3,7 +3,7 @@
 Matches the official ``maskrcnn_benchmark/modeling/backbone/swint.py`` with backbone
 ``SWINT-FPN-RETINANET``: four stages with strides 4, 8, 16, 32; the stride-4 output is returned without
 normalisation, the three coarser ones through a LayerNorm each. The official irregularities that change
-outputs are kept (quirk 4 of ``../shared/reference/glip_tiny_parity/README.md``):
+outputs are kept (quirk 4 of ``tests/reference/glip_tiny_parity/README.md``):
 
 * the patch embedding pads the image at right/bottom to a multiple of the patch size;
 * every block pads its map at right/bottom to a multiple of the window AFTER ``norm1``, so the padding

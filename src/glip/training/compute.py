@@ -46,7 +46,7 @@ def deterministic_train_mode(model: nn.Module) -> Iterator[nn.Module]:
     checkpointing, frozen stages kept in eval, behaves as in training) but dropout (BERT, the
     tower's text layers), the fusion's attention dropout, Swin's stochastic depth (drop path) and
     the FPN's DropBlock are all off, so the outputs are a deterministic function of the inputs. The
-    official loss reference (``../shared/reference/glip_tiny_loss``) was made this way.
+    official loss reference (``tests/reference/glip_tiny_loss``) was made this way.
     """
     modes = [(module, module.training) for module in model.modules()]
     zeroed: list[tuple[nn.Module, str, Any]] = []
