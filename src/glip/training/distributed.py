@@ -9,10 +9,7 @@ batch B (up to padding, which is per process, and float rounding).
 
 from __future__ import annotations
 
-import logging
-import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,70 +18,19 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import Sampler
 
-logger = logging.getLogger(__name__)
+# The process group itself is joined in the low-level glip.device (evaluation joins it too); these
+# names stay importable from here for the training code.
+from glip.device import (  # noqa: F401
+    DistributedContext,
+    environment_world_size,
+    init_distributed,
+    local_rank,
+    shutdown,
+)
 
 # Tags the random stream of the batch order, so that it differs from the other streams seeded by
 # (seed, epoch), e.g. the source plan of :class:`glip.data.MixedDataset`.
 _ORDER_STREAM = 0x6F72646572
-
-
-@dataclass(frozen=True)
-class DistributedContext:
-    """Where this process stands in the data-parallel group.
-
-    Attributes:
-        rank: global index of this process.
-        world_size: number of processes.
-        local_rank: index on this machine (selects the GPU).
-        owns_group: this module created the process group (and destroys it in :func:`shutdown`).
-    """
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    owns_group: bool = False
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-
-def environment_world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def init_distributed(device: torch.device) -> DistributedContext:
-    """Join the process group that ``torchrun`` (or any ``env://`` launcher) describes.
-
-    A single process (no ``WORLD_SIZE`` or ``WORLD_SIZE=1``) gets a context without a group.
-
-    Args:
-        device: this process's device; CUDA selects NCCL, anything else gloo.
-    """
-    world_size = environment_world_size()
-    if world_size <= 1:
-        return DistributedContext()
-    owns_group = False
-    if not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, init_method="env://")
-        owns_group = True
-    context = DistributedContext(dist.get_rank(), dist.get_world_size(), local_rank(), owns_group)
-    logger.info("process %d of %d (backend %s)", context.rank, context.world_size, dist.get_backend())
-    return context
-
-
-def shutdown(context: DistributedContext) -> None:
-    if context.owns_group and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def all_reduce_sum(tensor: Tensor) -> Tensor:

@@ -38,6 +38,8 @@ from transformers import BertTokenizerFast
 
 from glip.config import GLIPConfig
 from glip.data import Batch, Collator, MixedDataset, TrainTransforms
+# resolve_device is re-exported here for callers of its old home (glip.training.loop.resolve_device).
+from glip.device import resolve_device, torch_threads  # noqa: F401
 from glip.hub import loading
 from glip.hub.pretrained_parts import load_pretrained_parts
 from glip.losses import GLIPCriterion
@@ -207,20 +209,6 @@ def total_steps(recipe: TrainRecipe, dataset_size: int) -> int:
     return steps
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA (this process's GPU under torchrun) when available, else the CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r}: CUDA is not available")
-        if device.index is None:
-            device = torch.device("cuda", distributed.local_rank())
-        torch.cuda.set_device(device)
-    return device
-
-
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "fp32":
         return None
@@ -256,16 +244,13 @@ def train(recipe: TrainRecipe, *, resume: bool = False, callbacks: TrainCallback
         NonFiniteLossError: a loss became NaN/inf.
     """
     callbacks = callbacks or TrainCallbacks()
-    previous_threads = torch.get_num_threads()
-    if recipe.num_threads > 0:
-        torch.set_num_threads(recipe.num_threads)
-    device = resolve_device(recipe.device)
-    context = distributed.init_distributed(device)
-    try:
-        return _train(recipe, resume, callbacks, device, context)
-    finally:
-        distributed.shutdown(context)
-        torch.set_num_threads(previous_threads)
+    with torch_threads(recipe.num_threads):
+        device = resolve_device(recipe.device)
+        context = distributed.init_distributed(device)
+        try:
+            return _train(recipe, resume, callbacks, device, context)
+        finally:
+            distributed.shutdown(context)
 
 
 @dataclass
