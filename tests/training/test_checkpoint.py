@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import random
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +41,17 @@ def test_round_trip_loads_with_weights_only(tmp_path: Path) -> None:
     assert loaded["optimizer"]["state"][0]["exp_avg"].equal(state["optimizer"]["state"][0]["exp_avg"])
     assert loaded["recipe"] == state["recipe"]
     torch.load(path, weights_only=True)
+
+
+def test_checkpoint_files_get_the_umask_default_mode(tmp_path: Path) -> None:
+    """Not mkstemp's owner-only 0600: a team can read a run's checkpoints."""
+    previous = os.umask(0o022)
+    try:
+        path = checkpoints.save_checkpoint(tmp_path, 1, _state(0.5))
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / checkpoints.LATEST_FILE).stat().st_mode) == 0o644
 
 
 def test_keeps_the_last_k_and_points_latest_at_the_newest(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from glip.pipeline import GLIP
 from glip.training import NonFiniteLossError, TrainCallbacks, TrainRecipe, train, train_command
 from glip.training import checkpoint as checkpoints
 from glip.training.loop import _skip_reason, build_model, total_steps
+from glip.training.loop import main as loop_main
 from training_fixtures import recipe_dict, write_recipe
 
 LOSS_KEYS = ("loss", "loss_reg", "loss_centerness", "loss_cls", "loss_dot_product_token", "lr", "grad_norm")
@@ -87,12 +88,27 @@ def test_exact_resume_after_a_crash(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="already holds checkpoints"):
         train(recipe)
+    # What a kill during the step-4 checkpoint write leaves; resuming clears it, and only it.
+    run_dir = tmp_path / "resumed"
+    (run_dir / ".checkpoint_00000004.pth.0123abcd.tmp").write_bytes(b"\0" * 100)
+    (run_dir / ".latest.9_zqk2ab.tmp").write_bytes(b"")
+    (run_dir / "notes.tmp").write_text("not ours")
     train(recipe, resume=True)
+    assert sorted(path.name for path in run_dir.iterdir() if path.name.endswith(".tmp")) == ["notes.tmp"]
     assert _losses(tmp_path / "resumed") == _losses(tmp_path / "straight")
     for folder in ("model", "model_ema"):
         straight = load_file(tmp_path / "straight" / folder / "model.safetensors")
         resumed = load_file(tmp_path / "resumed" / folder / "model.safetensors")
         assert all(torch.equal(straight[name], resumed[name]) for name in straight), folder
+
+
+def test_progress_shows_from_the_start_of_the_set_up(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
+    """The bar is there by default and names the set-up phase before the first step (no silence)."""
+    recipe = TrainRecipe.from_dict(recipe_dict(tmp_path / "data", tmp_path / "run", max_steps=2, progress_bar=True))
+    seen_during_set_up = []
+    train(recipe, callbacks=TrainCallbacks(prepare_model=lambda model: seen_during_set_up.append(capfd.readouterr())))
+    assert "train: building the model" in seen_during_set_up[0].err
+    assert "2/2" in capfd.readouterr().err
 
 
 def test_resume_without_a_checkpoint_is_an_error(tmp_path: Path) -> None:
@@ -137,9 +153,11 @@ def test_non_finite_gradient_stops_the_run(tmp_path: Path) -> None:
 
 def test_cli_entry_trains_resumes_and_reports_errors(tmp_path: Path, monkeypatch) -> None:
     path = write_recipe(tmp_path / "recipe.yaml", recipe_dict(tmp_path / "data", tmp_path / "run", max_steps=1))
-    assert train_command(path, ["optimizer.lr=1e-4", "checkpoint_every=1"]) == 0
+    assert train_command(path, ["optimizer.lr=1e-4", "checkpoint_every=1"]) == tmp_path / "run" / "model"
     assert checkpoints.latest_checkpoint(tmp_path / "run").name == "checkpoint_00000001.pth"
-    assert train_command(path, ["max_steps=2"], resume=True) == 0
+    final = train_command(path, ["max_steps=2"], resume=True)
+    assert isinstance(final, Path) and final == tmp_path / "run" / "model"
+    assert isinstance(GLIP.from_pretrained(final), GLIP)
     assert [row["step"] for row in _metrics(tmp_path / "run")] == [1, 2]
     with pytest.raises(ValueError, match="unknown key optimizer.learning_rate"):
         train_command(path, ["optimizer.learning_rate=1"])
@@ -153,7 +171,9 @@ def test_cli_entry_trains_resumes_and_reports_errors(tmp_path: Path, monkeypatch
         raise NonFiniteLossError(3, {"loss_reg": math.nan}, None)
 
     monkeypatch.setattr("glip.training.loop.train", diverge)
-    assert train_command(tmp_path / "recipe.yaml") == 1
+    with pytest.raises(NonFiniteLossError):
+        train_command(tmp_path / "recipe.yaml")
+    assert loop_main([str(tmp_path / "recipe.yaml")]) == 1  # python -m glip.training.loop: exit status 1
 
 
 def test_epochs_bf16_ema_freezing_and_checkpointing(tmp_path: Path) -> None:

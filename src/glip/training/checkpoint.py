@@ -9,21 +9,22 @@ are not bit-reproducible on GPU).
 
 Files in the run folder: ``checkpoint_00002500.pth`` ... and ``latest`` (the file name of the newest
 complete checkpoint). A file is written to a temporary name and renamed into place
-(``os.replace``), so a crash never leaves a truncated checkpoint under a real name.
+(``os.replace``, :func:`glip.files.write_atomic`), so a crash never leaves a truncated checkpoint
+under a real name; the temp file it may leave is removed when the run resumes.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from glip.files import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -35,19 +36,6 @@ _CHECKPOINT_NAME = re.compile(r"^checkpoint_(\d{8,})\.pth$")
 
 def checkpoint_name(step: int) -> str:
     return f"checkpoint_{step:08d}.pth"
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(temporary_path)`` then rename the result to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        write(Path(temporary))
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(directory: str | Path, step: int, state: dict[str, Any], keep: int = 3) -> Path:
@@ -65,8 +53,8 @@ def save_checkpoint(directory: str | Path, step: int, state: dict[str, Any], kee
     directory = Path(directory)
     path = directory / checkpoint_name(step)
     document = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "step": int(step), **state}
-    _atomic_write(path, lambda temporary: torch.save(document, temporary))
-    _atomic_write(directory / LATEST_FILE, lambda temporary: temporary.write_text(path.name + "\n"))
+    write_atomic(path, lambda temporary: torch.save(document, temporary))
+    write_atomic(directory / LATEST_FILE, lambda temporary: temporary.write_text(path.name + "\n"))
     for old in list_checkpoints(directory)[:-keep]:
         if old != path:
             old.unlink(missing_ok=True)

