@@ -1,25 +1,63 @@
-"""Command line: ``glip detect``, ``glip convert``, ``glip models``.
+"""Command line: ``glip detect``, ``demo``, ``eval``, ``train``, ``finetune``, ``convert``, ...
 
-Each subcommand parses its flags and calls one public function.
+Each subcommand checks its flags and output folder, then calls one public function. Heavy modules
+(torch, transformers) are imported inside the handlers, so ``glip --help``, ``glip models`` and
+argument errors start instantly.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import traceback
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
+
+from glip.cli_support import (
+    UsageError,
+    character_span,
+    cli_message,
+    ensure_writable_dir,
+    non_negative_int,
+    output_lock,
+    overlap,
+    positive_int,
+    probability,
+)
 
 logger = logging.getLogger("glip")
 
+# Exit statuses (``glip detect --help`` tells them).
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
-def _parse_span(text: str) -> tuple[int, int]:
-    try:
-        begin, end = (int(part) for part in text.split(":"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--span {text!r}: expected START:END character offsets") from None
-    return begin, end
+
+@lru_cache(maxsize=1)
+def _model_defaults() -> dict[str, str]:
+    """Help text of the options that default to the model's own config, with the real values of
+    the official presets and GLIP-Nano (the presets are plain data: no torch import)."""
+    from glip.hub.presets import PRESETS
+
+    nano = PRESETS["glip_nano"]
+    official = next(preset for preset in PRESETS.values() if not preset.bundled)
+
+    def values(pick) -> str:
+        if pick(official) == pick(nano):
+            return f"default: the model's, {pick(nano)} for official presets and glip_nano"
+        return f"default: the model's, {pick(official)} for official presets, {pick(nano)} for glip_nano"
+
+    def cap(preset) -> str:
+        return str(preset.config.input.max_size_test or "1333/800 of --min-size")
+
+    return {
+        "threshold": values(lambda p: p.default_threshold),
+        "nms": values(lambda p: p.config.postprocess.nms_threshold),
+        "max_detections": values(lambda p: p.config.postprocess.detections_per_image),
+        "min_size": values(lambda p: p.config.input.min_size_test).replace("the model's", "the model's test size"),
+        "max_size": values(cap),
+    }
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,57 +70,90 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1, mps (default: cpu)")
 
 
+def _add_resize_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = _model_defaults()
+    parser.add_argument("--min-size", type=positive_int, default=None,
+                        help=f"shorter image side after resize; {defaults['min_size']}")
+    parser.add_argument("--max-size", type=non_negative_int, default=None,
+                        help=f"cap on the longer side after resize, 0 = none; {defaults['max_size']}")
+
+
+def _add_detection_arguments(parser: argparse.ArgumentParser) -> None:
+    """Score threshold, NMS, detections kept and resize: each defaults to the model's config."""
+    defaults = _model_defaults()
+    parser.add_argument("--threshold", type=probability, default=None,
+                        help=f"keep detections scoring above this, in [0, 1]; {defaults['threshold']}")
+    parser.add_argument("--nms-threshold", type=overlap, default=None,
+                        help=f"IoU above which NMS drops the weaker box, in (0, 1]; {defaults['nms']}")
+    parser.add_argument("--max-detections", type=positive_int, default=None,
+                        help=f"detections kept per image before --threshold; {defaults['max_detections']}")
+    _add_resize_arguments(parser)
+
+
+def _detect_options(args: argparse.Namespace):
+    from glip.cli_detect import DetectOptions
+
+    return DetectOptions(threshold=args.threshold, nms_threshold=args.nms_threshold,
+                         max_detections=args.max_detections, min_size=args.min_size, max_size=args.max_size)
+
+
 def load_model_from_args(args: argparse.Namespace):
     """The model that ``--model`` or ``--checkpoint/--config`` names."""
+    _check_model_arguments(args)
     from glip.pipeline import GLIP
 
-    if args.checkpoint is not None or args.config is not None:
-        if args.checkpoint is None or args.config is None:
-            raise SystemExit("error: --checkpoint and --config go together")
-        if args.model is not None:
-            raise SystemExit("error: give --model or --checkpoint/--config, not both")
+    if args.checkpoint is not None:
         return GLIP.from_official(args.checkpoint, args.config, args.text_config, args.tokenizer, device=args.device)
-    if args.model is None:
-        raise SystemExit("error: give --model NAME_OR_DIR or --checkpoint PTH --config YAML")
     return GLIP.from_pretrained(args.model, device=args.device)
 
 
+def _check_model_arguments(args: argparse.Namespace) -> None:
+    """Flag combinations of :func:`_add_model_arguments`, checked before any work."""
+    if args.checkpoint is not None or args.config is not None:
+        if args.checkpoint is None or args.config is None:
+            raise UsageError("--checkpoint and --config go together")
+        if args.model is not None:
+            raise UsageError("give --model or --checkpoint/--config, not both")
+    elif args.model is None:
+        raise UsageError("give --model NAME_OR_DIR or --checkpoint PTH --config YAML")
+
+
+def _parse_classes(text: str) -> list[str]:
+    classes = [name.strip() for name in text.split(",") if name.strip()]
+    if not classes:
+        raise UsageError("--classes is empty")
+    return classes
+
+
 def command_detect(args: argparse.Namespace) -> int:
-    from glip.visualize import detect_and_save
+    from glip.cli_detect import detect_images, expand_image_inputs
 
     if (args.classes is None) == (args.caption is None):
-        raise SystemExit("error: give exactly one of --classes or --caption")
+        raise UsageError("give exactly one of --classes or --caption")
     if args.span and args.caption is None:
-        raise SystemExit("error: --span needs --caption")
-    classes = None
-    if args.classes is not None:
-        classes = [name.strip() for name in args.classes.split(",") if name.strip()]
-        if not classes:
-            raise SystemExit("error: --classes is empty")
-    model = load_model_from_args(args)
-    report = detect_and_save(
-        model,
-        args.images,
-        args.out,
-        classes=classes,
-        caption=args.caption,
-        spans=args.span or None,
-        threshold=args.threshold,
-        min_size=args.min_size,
-        max_size=args.max_size,
-    )
-    failed = [item for item in report if "error" in item]
-    print(f"wrote {args.out / 'detections.json'} ({len(report) - len(failed)} images, {len(failed)} failed)")
-    return 1 if failed and len(failed) == len(report) else 0
+        raise UsageError("--span needs --caption")
+    classes = _parse_classes(args.classes) if args.classes is not None else None
+    images = expand_image_inputs(args.images)
+    _check_model_arguments(args)
+    out = ensure_writable_dir(args.out, "--out")
+    with output_lock(out):
+        model = load_model_from_args(args)
+        args.partial_results = out / "detections.json"
+        report = detect_images(model, images, out, classes=classes, caption=args.caption, spans=args.span or None,
+                               options=_detect_options(args))
+    failed = sum("error" in entry for entry in report)
+    print(f"wrote {out / 'detections.json'} ({len(report) - failed} images, {failed} failed)")
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def command_convert(args: argparse.Namespace) -> int:
+    out = ensure_writable_dir(args.out, "--out")
     from glip.pipeline import GLIP
 
     model = GLIP.from_official(args.checkpoint, args.config, args.text_config, args.tokenizer)
-    model.save_pretrained(args.out)
-    print(f"wrote {args.out} (load with GLIP.from_pretrained({str(args.out)!r}))")
-    return 0
+    model.save_pretrained(out)
+    print(f"wrote {out} (use it with --model {out})")
+    return EXIT_OK
 
 
 def command_models(args: argparse.Namespace) -> int:
@@ -92,42 +163,50 @@ def command_models(args: argparse.Namespace) -> int:
     for name, preset in PRESETS.items():
         where = "bundled" if preset.bundled else f"hf://{preset.hub_repo}/{preset.checkpoint}"
         print(f"{name:<{width}}  {preset.description}  [{where}]")
-    return 0
+    return EXIT_OK
 
 
 def command_synth(args: argparse.Namespace) -> int:
+    out = ensure_writable_dir(args.out, "--out")
     from glip.data.shapes_world import synthesize
 
-    paths = synthesize(args.out, args.images, args.seed, args.split, overwrite=args.overwrite)
-    print(f"wrote {args.images} {args.split} images to {args.out}: " + ", ".join(p.name for p in paths.values()))
-    return 0
+    paths = synthesize(out, args.images, args.seed, args.split, overwrite=args.overwrite)
+    print(f"wrote {args.images} {args.split} images to {out}: " + ", ".join(p.name for p in paths.values()))
+    return EXIT_OK
 
 
 def command_demo(args: argparse.Namespace) -> int:
+    out = ensure_writable_dir(args.out, "--out")
+    from glip.cli_detect import detect_images
     from glip.data.shapes_world import SHAPES, synthesize
     from glip.pipeline import GLIP
-    from glip.visualize import detect_and_save
 
-    scene = args.out / "scene"
-    paths = synthesize(scene, 1, args.seed, "test", show_progress=False, overwrite=True)
-    image = sorted(paths["images"].iterdir())[0]
-    classes = [name.strip() for name in args.classes.split(",")] if args.classes else list(SHAPES)
-    model = GLIP.from_pretrained(args.model, device=args.device)
-    report = detect_and_save(model, [image], args.out, classes=classes, threshold=args.threshold)
+    classes = _parse_classes(args.classes) if args.classes else list(SHAPES)
+    with output_lock(out):
+        paths = synthesize(out / "scene", 1, args.seed, "test", show_progress=False, overwrite=True)
+        image = sorted(paths["images"].iterdir())[0]
+        model = GLIP.from_pretrained(args.model, device=args.device)
+        report = detect_images(model, [str(image)], out, classes=classes, options=_detect_options(args))
+    if "error" in report[0]:
+        raise ValueError(report[0]["error"])
     for phrase, score, box in zip(report[0]["phrases"], report[0]["scores"], report[0]["boxes"]):
         print(f"{phrase:>16s} {score:.2f} [{', '.join(f'{v:.0f}' for v in box)}]")
-    print(f"wrote {report[0]['picture']} and {args.out / 'detections.json'}")
-    return 0
+    print(f"wrote {report[0]['picture']} and {out / 'detections.json'}")
+    return EXIT_OK
 
 
 def command_eval(args: argparse.Namespace) -> int:
     """``glip eval <protocol>``: one evaluation function per protocol; under ``torchrun`` every
     process evaluates its share and process 0 writes ``--out``."""
+    _check_model_arguments(args)
+    ensure_writable_dir(args.out, "--out")
     import torch.distributed
     from tqdm import tqdm
 
     from glip.evaluation.runner import init_distributed
 
+    # The runner saves OUT/partial every --save-every batches (and when interrupted).
+    args.partial_results = f"{args.out / 'partial'} (go on with --resume)"
     args.device, owns_group = init_distributed(args.device)
     try:
         model = load_model_from_args(args)
@@ -136,7 +215,7 @@ def command_eval(args: argparse.Namespace) -> int:
         if owns_group:
             torch.distributed.destroy_process_group()
     if metrics is None:  # a process other than 0 of a torchrun group
-        return 0
+        return EXIT_OK
     # The per-data-set table of a suite, the per-category table of COCO (not LVIS's 1203 rows).
     table = {"odinw": args.out / "summary.md", "coco": args.out / "per_category.md"}.get(args.protocol)
     if table is not None and table.is_file():
@@ -145,9 +224,9 @@ def command_eval(args: argparse.Namespace) -> int:
         if isinstance(value, float):
             tqdm.write(f"{key:>20s} {value:.4f}")
     for name, error in (failed or {}).items():
-        tqdm.write(f"FAILED {name}: {error}")
+        tqdm.write(f"FAILED {name}: {cli_message(error) if isinstance(error, BaseException) else error}")
     tqdm.write(f"wrote {args.out / 'metrics.json'}")
-    return 1 if failed else 0
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def _evaluate(model, args: argparse.Namespace) -> tuple[dict | None, dict[str, str] | None]:
@@ -195,24 +274,41 @@ def _evaluate(model, args: argparse.Namespace) -> tuple[dict | None, dict[str, s
 
 
 def command_train(args: argparse.Namespace) -> int:
-    from glip.training.loop import train_command
+    from glip.training.recipe import TrainRecipe
 
-    return train_command(args.config, args.set or [], args.resume)
+    recipe = TrainRecipe.from_yaml(args.config, args.set or [])
+    output_dir = ensure_writable_dir(Path(recipe.output_dir), "output_dir (of the recipe)")
+    from glip.training.loop import NonFiniteLossError, train
+
+    # Checkpoints are saved every checkpoint_every steps; --resume goes on from the latest.
+    args.partial_results = f"{output_dir} (go on with --resume)"
+    try:
+        summary = train(recipe, resume=args.resume)
+    except NonFiniteLossError:  # logged with the step and the loss terms; the last good checkpoint is kept
+        return EXIT_FAILED
+    if int(os.environ.get("RANK", "0")) == 0:  # one line per torchrun group, not per process
+        print(f"trained {summary['steps']} steps; final model: {summary['model_dir']} "
+              f"(use it with --model {summary['model_dir']})")
+    return EXIT_OK
 
 
 def command_pseudo_label(args: argparse.Namespace) -> int:
     from glip.data.pseudo_label import pseudo_label, shapes_world_phrases
 
+    if args.out.is_dir():
+        raise UsageError(f"--out {args.out}: is a folder; give the grounding JSON file to write")
+    ensure_writable_dir(args.out.parent, "--out")
     model = load_model_from_args(args)
     extractor = shapes_world_phrases if args.phrases == "shapes" else None
     stats = pseudo_label(model, args.captions, args.images, args.out, args.threshold, extractor)
     print(f"wrote {args.out}: " + ", ".join(f"{key} {value}" for key, value in stats.items()))
-    return 0
+    return EXIT_OK
 
 
 def command_finetune(args: argparse.Namespace) -> int:
     from glip.transfer.finetune import CocoSplit
 
+    ensure_writable_dir(args.out, "--out")
     train = CocoSplit(args.train, args.train_images)
     if args.action == "study":
         from glip.transfer.study import study_command
@@ -222,17 +318,17 @@ def command_finetune(args: argparse.Namespace) -> int:
                                modes=args.modes, out=args.out, prompts=args.prompts, keep_models=args.keep_models,
                                resume=args.resume)
         print(f"wrote {args.out / 'study.md'} and {args.out / 'study.json'} ({len(report['runs'])} runs)")
-        return 0
+        return EXIT_OK
     from glip.transfer.finetune import finetune_command
 
     if (args.test is None) != (args.test_images is None):
-        raise SystemExit("error: --test and --test-images go together")
+        raise UsageError("--test and --test-images go together")
     test = CocoSplit(args.test, args.test_images) if args.test is not None else None
     result = finetune_command(args.config, args.set or [], model=args.model, mode=args.mode, train=train,
                               out=args.out, shots=args.shots, seed=args.seed, prompts=args.prompts, test=test)
     scores = f", test AP {result.metrics['AP']:.4f}" if result.metrics is not None else ""
     print(f"wrote {result.model_dir} ({result.steps} steps on {result.train_images} images{scores})")
-    return 0
+    return EXIT_OK
 
 
 def _add_finetune_arguments(parser: argparse.ArgumentParser, test_required: bool) -> None:
@@ -252,27 +348,62 @@ def _add_finetune_arguments(parser: argparse.ArgumentParser, test_required: bool
     parser.set_defaults(handler=command_finetune)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="glip", description="GLIP: detect anything a text prompt names.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
-    commands = parser.add_subparsers(dest="command", required=True)
+DETECT_EPILOG = """\
+inputs: image files, folders (searched recursively for .jpg .jpeg .png .bmp .webp .tif .tiff, any
+case, in sorted order) and quoted glob patterns ("photos/*.jpg", "data/**/*.png"). URLs are not
+supported: download the image first.
 
-    detect = commands.add_parser("detect", help="detect classes or ground a caption in images")
-    detect.add_argument("images", nargs="+", type=Path, help="image files")
+outputs: OUT/detections.json (per image: boxes xyxy in pixels, scores, labels, phrases, picture;
+or an error) and OUT/<image name>.detections.jpg. One run at a time per OUT: a second run into
+the same folder is refused while the first holds OUT/.glip.lock. Ctrl-C keeps the images done.
+
+exit status: 0 all images done, 1 some images failed (the others are written), 2 usage error
+(bad flag, no image in a folder, unwritable or busy --out), 130 interrupted."""
+
+EXIT_EPILOG = "exit status: 0 done, 1 failed at run time, 2 usage error, 130 interrupted (Ctrl-C)."
+
+
+def _verbose_parent() -> argparse.ArgumentParser:
+    """``-v`` accepted after the subcommand as well (``glip detect ... -v``)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="log more, and show the traceback of an error")
+    return parent
+
+
+def _command(commands, name: str, help: str, epilog: str | None = EXIT_EPILOG) -> argparse.ArgumentParser:
+    return commands.add_parser(name, help=help, epilog=epilog, parents=[_verbose_parent()],
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="glip", description="GLIP: detect anything a text prompt names.",
+                                     epilog=EXIT_EPILOG)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more, and show the traceback of an error")
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_detect_parser(commands)
+    _add_demo_parser(commands)
+    _add_eval_parsers(commands)
+    _add_train_parsers(commands)
+    _add_data_parsers(commands)
+    _command(commands, "models", "list model presets", epilog=None).set_defaults(handler=command_models)
+    return parser
+
+
+def _add_detect_parser(commands) -> None:
+    detect = _command(commands, "detect", "detect classes or ground a caption in images", epilog=DETECT_EPILOG)
+    detect.add_argument("images", nargs="+", help="image files, folders or quoted glob patterns")
     detect.add_argument("--classes", help='comma-separated class names, e.g. "person,dog"')
     detect.add_argument("--caption", help="caption whose phrases to ground")
-    detect.add_argument("--span", action="append", type=_parse_span, metavar="START:END",
+    detect.add_argument("--span", action="append", type=character_span, metavar="START:END",
                         help="character range of a phrase in --caption (repeatable; default: noun phrases)")
-    detect.add_argument("--threshold", type=float, default=None,
-                        help="score threshold (default: the model's, 0.7 for official models)")
-    detect.add_argument("--min-size", type=int, default=None, help="shorter image side after resize (default 800)")
-    detect.add_argument("--max-size", type=int, default=None, help="cap on the longer side (default: none)")
+    _add_detection_arguments(detect)
     detect.add_argument("--out", type=Path, default=Path("outputs/detect"),
                         help="output folder for detections.json and pictures (default: outputs/detect)")
     _add_model_arguments(detect)
     detect.set_defaults(handler=command_detect)
 
-    convert = commands.add_parser("convert", help="convert an official checkpoint to safetensors + config.json")
+    convert = _command(commands, "convert", "convert an official checkpoint to safetensors + config.json")
     convert.add_argument("checkpoint", type=Path, help="official GLIP .pth checkpoint")
     convert.add_argument("config", type=Path, help="official yacs YAML config")
     convert.add_argument("--text-config", type=Path, help="BERT config JSON/YAML (default: bert-base-uncased)")
@@ -280,33 +411,28 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--out", type=Path, required=True, help="output model directory")
     convert.set_defaults(handler=command_convert)
 
-    synth = commands.add_parser("synth", help="generate a Shapes-world split (docs/shapes_world.md)")
-    synth.add_argument("--out", type=Path, required=True, help="output folder (images/ and the annotation files)")
-    synth.add_argument("--images", type=int, required=True, help="number of images")
-    synth.add_argument("--seed", type=int, required=True, help="random seed (canonical test split: 1000)")
-    synth.add_argument("--split", default="train", choices=["train", "test", "transfer-train", "transfer-test"],
-                       help="which split (default: train; held-out pairs are never named in train text)")
-    synth.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    synth.set_defaults(handler=command_synth)
 
-    demo = commands.add_parser("demo", help="draw a Shapes-world scene and detect in it with GLIP-Nano (offline)")
+def _add_demo_parser(commands) -> None:
+    demo = _command(commands, "demo", "draw a Shapes-world scene and detect in it with GLIP-Nano (offline)")
     demo.add_argument("--out", type=Path, default=Path("outputs/demo"), help="output folder (default: outputs/demo)")
-    demo.add_argument("--seed", type=int, default=7, help="scene seed (default: 7)")
+    demo.add_argument("--seed", type=non_negative_int, default=7, help="scene seed (default: 7)")
     demo.add_argument("--classes", help="comma-separated prompt (default: the six shape names)")
     demo.add_argument("--model", default="glip_nano", help="model preset or directory (default: glip_nano)")
-    demo.add_argument("--threshold", type=float, default=None, help="score threshold (default: the model's)")
+    _add_detection_arguments(demo)
     demo.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     demo.set_defaults(handler=command_demo)
 
+
+def _add_eval_parsers(commands) -> None:
     evaluate = commands.add_parser(
         "eval", help="evaluate a model (COCO, LVIS, Flickr30K, ODinW, Shapes world); runs under torchrun too")
     protocols = evaluate.add_subparsers(dest="protocol", required=True)
-    coco = protocols.add_parser("coco", help="COCO AP on any COCO JSON (prompt = its cleaned category names)")
-    lvis = protocols.add_parser(
-        "lvis", help="LVIS fixed AP with APr/APc/APf (minival or val JSON; images are found as "
-                     "--images/<split>/<file> from their coco_url, as officially, else by file_name)")
-    flickr = protocols.add_parser("flickr", help="Flickr30K Entities Recall@1/5/10 on an MDETR grounding JSON")
-    odinw = protocols.add_parser("odinw", help="the ODinW-13 or -35 suite: AP per data set and the average")
+    coco = _command(protocols, "coco", "COCO AP on any COCO JSON (prompt = its cleaned category names)")
+    lvis = _command(protocols, "lvis", "LVIS fixed AP with APr/APc/APf (minival or val JSON; images are found as "
+                    "--images/<split>/<file> from their coco_url, as officially, else by file_name)")
+    flickr = _command(protocols, "flickr", "Flickr30K Entities Recall@1/5/10 on an MDETR grounding JSON")
+    odinw = _command(protocols, "odinw", "the ODinW-13 or -35 suite: AP per data set and the average")
+    shapes = _command(protocols, "shapes", "the three Shapes-world evaluations on a generated split")
     for sub, what in ((coco, "COCO detection JSON"), (lvis, "LVIS JSON (e.g. lvis_v1_minival.json)"),
                       (flickr, "MDETR JSON, e.g. final_flickr_separateGT_val.json")):
         sub.add_argument("--annotations", type=Path, required=True, help=what)
@@ -322,55 +448,49 @@ def build_parser() -> argparse.ArgumentParser:
                          help='descriptive prompts JSON: {"category name": "prompt text"} or '
                               '{"category name": {"prefix": ..., "name": ..., "suffix": ...}}')
     for sub in (coco, lvis, flickr, odinw):
-        sub.add_argument("--min-size", type=int, default=800, help="test resize, shorter side (official 800)")
-        sub.add_argument("--max-size", type=int, default=1333, help="test resize, longer-side cap (official 1333)")
+        _add_resize_arguments(sub)
         sub.add_argument("--resume", action="store_true",
                          help="continue an interrupted run from OUT/partial (same model, data and options)")
-        sub.add_argument("--save-every", type=int, default=25, help="batches between partial saves (default 25)")
-    coco.add_argument("--chunk-size", type=int, default=None,
+        sub.add_argument("--save-every", type=positive_int, default=25,
+                         help="batches between partial saves (default 25)")
+    coco.add_argument("--chunk-size", type=positive_int, default=None,
                       help="categories per prompt (default: as many as fit the token limit and 80 score columns)")
-    coco.add_argument("--max-detections", type=int, default=None, help="detections kept per image (default 100)")
-    lvis.add_argument("--chunk-size", type=int, default=40, help="categories per prompt (official 40)")
-    lvis.add_argument("--max-detections", type=int, default=300,
+    coco.add_argument("--max-detections", type=positive_int, default=None,
+                      help="detections kept per image (default 100)")
+    lvis.add_argument("--chunk-size", type=positive_int, default=40, help="categories per prompt (official 40)")
+    lvis.add_argument("--max-detections", type=positive_int, default=300,
                       help="detections kept per image and prompt chunk (official 300)")
-    lvis.add_argument("--top-k", type=int, default=10000, help="detections kept per category (fixed AP, 10000)")
-    shapes = protocols.add_parser("shapes", help="the three Shapes-world evaluations on a generated split")
+    lvis.add_argument("--top-k", type=positive_int, default=10000,
+                      help="detections kept per category (fixed AP, 10000)")
     shapes.add_argument("--split-dir", type=Path, required=True, help="folder written by `glip synth`")
     for sub in (coco, lvis, flickr, odinw, shapes):
         sub.add_argument("--out", type=Path, required=True,
                          help="output folder (results.json, metrics.json; per data set for odinw)")
-        sub.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+        sub.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass (default 8)")
         _add_model_arguments(sub)
         sub.set_defaults(handler=command_eval)
 
-    train = commands.add_parser("train", help="train or fine-tune from a recipe YAML (see configs/)")
+
+def _add_train_parsers(commands) -> None:
+    train = _command(commands, "train", "train or fine-tune from a recipe YAML (see configs/)")
     train.add_argument("config", type=Path, help="training recipe YAML")
     train.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override a recipe value, e.g. --set optimizer.lr=1e-5 (repeatable)")
     train.add_argument("--resume", action="store_true", help="continue from the output folder's latest checkpoint")
     train.set_defaults(handler=command_train)
 
-    pseudo = commands.add_parser("pseudo-label", help="ground the noun phrases of image-caption pairs with a teacher")
-    pseudo.add_argument("--captions", type=Path, required=True, help="JSON list of {file_name, caption}")
-    pseudo.add_argument("--images", type=Path, required=True, help="image folder of the file names")
-    pseudo.add_argument("--out", type=Path, required=True, help="grounding JSON to write (MDETR style)")
-    pseudo.add_argument("--threshold", type=float, default=0.5, help="keep boxes scoring at least this (default 0.5)")
-    pseudo.add_argument("--phrases", choices=["nltk", "shapes"], default="nltk",
-                        help="noun-phrase extractor: NLTK (needs nltk + tagger data) or the Shapes-world vocabulary")
-    _add_model_arguments(pseudo)
-    pseudo.set_defaults(handler=command_pseudo_label)
-
     tune = commands.add_parser("finetune", help="adapt a model to a detection task: full, prompt or linear tuning")
     actions = tune.add_subparsers(dest="action", required=True)
-    single = actions.add_parser("run", help="one fine-tuning run on all or k-shot data (model in OUT/model)")
+    single = _command(actions, "run", "one fine-tuning run on all or k-shot data (model in OUT/model)")
     single.add_argument("--mode", required=True, choices=["full", "prompt", "linear"],
                         help="full-model tuning, prompt tuning (offsets on the prompt's text features) or "
                         "linear probing (last head layers)")
-    single.add_argument("--shots", type=int, default=None,
+    single.add_argument("--shots", type=positive_int, default=None,
                         help="train on k boxes per class drawn with --seed (default: all the training data)")
-    single.add_argument("--seed", type=int, default=0, help="seed of the k-shot draw and of training (default 0)")
+    single.add_argument("--seed", type=non_negative_int, default=0,
+                        help="seed of the k-shot draw and of training (default 0)")
     _add_finetune_arguments(single, test_required=False)
-    study = actions.add_parser("study", help="zero/few/full-shot AP table over seeds and modes (OUT/study.md)")
+    study = _command(actions, "study", "zero/few/full-shot AP table over seeds and modes (OUT/study.md)")
     study.add_argument("--shots", default="0,1,3,5,10,full",
                        help="comma-separated k values; 0 = zero-shot, full = all data (default 0,1,3,5,10,full)")
     study.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
@@ -380,19 +500,48 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--resume", action="store_true", help="go on with the study in --out")
     _add_finetune_arguments(study, test_required=True)
 
-    models = commands.add_parser("models", help="list model presets")
-    models.set_defaults(handler=command_models)
-    return parser
+
+def _add_data_parsers(commands) -> None:
+    synth = _command(commands, "synth", "generate a Shapes-world split (docs/shapes_world.md)")
+    synth.add_argument("--out", type=Path, required=True, help="output folder (images/ and the annotation files)")
+    synth.add_argument("--images", type=positive_int, required=True, help="number of images")
+    synth.add_argument("--seed", type=non_negative_int, required=True,
+                       help="random seed (canonical test split: 1000)")
+    synth.add_argument("--split", default="train", choices=["train", "test", "transfer-train", "transfer-test"],
+                       help="which split (default: train; held-out pairs are never named in train text)")
+    synth.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    synth.set_defaults(handler=command_synth)
+
+    pseudo = _command(commands, "pseudo-label", "ground the noun phrases of image-caption pairs with a teacher")
+    pseudo.add_argument("--captions", type=Path, required=True, help="JSON list of {file_name, caption}")
+    pseudo.add_argument("--images", type=Path, required=True, help="image folder of the file names")
+    pseudo.add_argument("--out", type=Path, required=True, help="grounding JSON to write (MDETR style)")
+    pseudo.add_argument("--threshold", type=probability, default=0.5,
+                        help="keep boxes scoring at least this, in [0, 1] (default 0.5)")
+    pseudo.add_argument("--phrases", choices=["nltk", "shapes"], default="nltk",
+                        help="noun-phrase extractor: NLTK (needs nltk + tagger data) or the Shapes-world vocabulary")
+    _add_model_arguments(pseudo)
+    pseudo.set_defaults(handler=command_pseudo_label)
+
+
+# Library errors about the inputs (a missing file, a bad value or key): exit 2; the others: 1.
+_USAGE_ERRORS = (UsageError, FileNotFoundError, NotADirectoryError, ValueError, KeyError)
+_RUNTIME_ERRORS = (OSError, ImportError, RuntimeError, TypeError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    """Run ``glip ARGS``; returns the exit status (see :data:`EXIT_EPILOG`)."""
+    args = build_parser().parse_args(argv)
+    verbose = getattr(args, "verbose", False)
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return args.handler(args)
-    except (FileNotFoundError, ValueError, KeyError, TypeError, ImportError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"error: {message}", file=sys.stderr)
-        return 2
-
+    except KeyboardInterrupt:
+        where = getattr(args, "partial_results", None)
+        print("glip: interrupted" + (f"; partial results kept in {where}" if where else ""), file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (*_USAGE_ERRORS, *_RUNTIME_ERRORS) as error:
+        if verbose:
+            traceback.print_exc()
+        print(f"glip: error: {cli_message(error)}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(error, _USAGE_ERRORS) else EXIT_FAILED
