@@ -38,12 +38,28 @@ def test_minimal_recipe_takes_official_defaults(tmp_path: Path) -> None:
     assert recipe.ema_decay == 0.0 and recipe.precision == "fp32"
 
 
-def test_paths_in_the_file_are_relative_to_it(tmp_path: Path) -> None:
-    recipe = TrainRecipe.from_yaml(_write(tmp_path, MINIMAL))
+def test_every_relative_path_is_relative_to_the_current_directory(tmp_path: Path, monkeypatch) -> None:
+    """One rule for the file and ``--set``: the directory the command runs in, not the file's folder."""
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "work" / "my_model").mkdir(parents=True)
+    path = tmp_path / "configs" / "recipe.yaml"
+    path.write_text(MINIMAL.replace("model: glip_t", "model: my_model"))
+    monkeypatch.chdir(tmp_path / "work")
+    recipe = TrainRecipe.from_yaml(path)
     source = recipe.data.sources[0]
-    assert Path(source.annotations) == tmp_path / "ann" / "train.json"
-    assert Path(source.images) == tmp_path / "img"
-    assert Path(recipe.output_dir) == tmp_path / "out"
+    assert Path(source.annotations) == tmp_path / "work" / "ann" / "train.json"
+    assert Path(source.images) == tmp_path / "work" / "img"
+    assert Path(recipe.output_dir) == tmp_path / "work" / "out"
+    assert Path(recipe.model) == tmp_path / "work" / "my_model"
+    # The same value through --set lands in the same place.
+    overridden = TrainRecipe.from_yaml(path, ["output_dir=out", "data.sources.0.images=img", "model=glip_t"])
+    assert (overridden.output_dir, overridden.data.sources[0].images) == (recipe.output_dir, source.images)
+    assert overridden.model == "glip_t"  # a preset name, not a folder here
+    # Absolute paths are kept; the saved recipe (all absolute) reads the same from anywhere.
+    monkeypatch.chdir(tmp_path)
+    saved = tmp_path / "saved.yaml"
+    saved.write_text(recipe.to_yaml())
+    assert TrainRecipe.from_yaml(saved) == recipe
 
 
 def test_overrides_parse_yaml_values_and_paths_relative_to_cwd(tmp_path: Path, monkeypatch) -> None:
@@ -131,3 +147,14 @@ def test_malformed_overrides() -> None:
         apply_override({}, "optimizer..lr=1")
     with pytest.raises(RecipeError, match="not an index"):
         apply_override({"data": {"sources": [{}]}}, "data.sources.3.weight=1")
+
+
+def test_shipped_recipe_reads_the_folders_its_commands_write(monkeypatch) -> None:
+    """configs/glip_nano_shapes.yaml, run from the repository root as its header and the README say,
+    trains on what ``glip synth --out data/shapes_train`` writes and saves to ``runs/glip_nano``."""
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(root)
+    recipe = TrainRecipe.from_yaml(Path("configs/glip_nano_shapes.yaml"))
+    assert Path(recipe.output_dir) == root / "runs" / "glip_nano"
+    assert {Path(source.images) for source in recipe.data.sources} == {root / "data" / "shapes_train" / "images"}
+    assert {Path(source.annotations).parent for source in recipe.data.sources} == {root / "data" / "shapes_train"}

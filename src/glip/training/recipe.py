@@ -16,8 +16,15 @@ comment says otherwise. Example::
     optimizer: {lr: 1.0e-5, language_lr: 1.0e-5, weight_decay: 0.05}
     schedule: {kind: step, milestones: [0.67, 0.89], warmup_steps: 500}
 
-Paths written in the file are relative to the file's folder; paths given as ``--set`` overrides
-are relative to the current directory.
+Relative paths: ONE rule, the current directory. A relative path in a recipe, whether written in
+the file or given with ``--set``, is taken relative to the directory the command runs in, as every
+command-line path (``glip eval --model runs/...``, ``glip synth --out data/...``) and most tools'
+configs are (torchrun, detectron2, mmdetection). So a path means the same in a flag, an override and
+the file, and the file can be moved between folders without rewriting it; the recipes under
+``configs/`` are written for the repository root, where the README runs them. The path keys are
+``output_dir``, ``model`` (when it names an existing folder) and the ``annotations``, ``images``
+and ``label_map`` of each ``data.sources`` entry; :meth:`TrainRecipe.from_yaml` makes them
+absolute, so the ``recipe.yaml`` a run saves in its ``output_dir`` works from anywhere.
 """
 
 from __future__ import annotations
@@ -208,9 +215,9 @@ class TrainRecipe:
             data = {}
         if not isinstance(data, dict):
             raise RecipeError(f"{path}: a recipe is a mapping of settings, got {type(data).__name__}")
-        data = _resolve_paths(data, path.resolve().parent)
         for override in overrides:
             data = apply_override(data, override)
+        data = _resolve_paths(data, Path.cwd())
         try:
             return cls.from_dict(data)
         except RecipeError as error:
@@ -232,8 +239,8 @@ class TrainRecipe:
 def apply_override(data: dict[str, Any], override: str) -> dict[str, Any]:
     """``data`` with one ``a.b.c=value`` override applied (a copy; list items by index: ``a.0.b``).
 
-    The value is parsed as YAML (``3``, ``1.0e-4``, ``true``, ``[480, 800]``, ``null``); a path
-    given this way is taken relative to the current directory.
+    The value is parsed as YAML (``3``, ``1.0e-4``, ``true``, ``[480, 800]``, ``null``); it is
+    stored as given (:meth:`TrainRecipe.from_yaml` resolves relative paths afterwards, all alike).
     """
     if "=" not in override:
         raise RecipeError(f"override {override!r}: expected key=value, e.g. optimizer.lr=1e-5")
@@ -246,7 +253,6 @@ def apply_override(data: dict[str, Any], override: str) -> dict[str, Any]:
     except yaml.YAMLError as error:
         raise RecipeError(f"override {override!r}: value is not valid YAML ({error})") from None
     parts = key.split(".")
-    value = _resolve_paths_at(parts, value, Path.cwd())
     result = _deep_copy(data)
     container: Any = result
     for depth, part in enumerate(parts[:-1]):
@@ -278,7 +284,7 @@ def _absolute(value: Any, base: Path) -> Any:
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
-    """Paths of the file made absolute against ``base`` (the file's folder)."""
+    """The recipe's relative paths made absolute against ``base`` (the current directory)."""
     result = _deep_copy(data)
     if "output_dir" in result:
         result["output_dir"] = _absolute(result["output_dir"], base)
@@ -293,27 +299,6 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
                     if key in source:
                         source[key] = _absolute(source[key], base)
     return result
-
-
-def _resolve_paths_at(parts: list[str], value: Any, base: Path) -> Any:
-    """An override value made absolute when its key is a path key."""
-    if parts == ["output_dir"]:
-        return _absolute(value, base)
-    if parts == ["model"] and isinstance(value, str) and (base / value).is_dir():
-        return str(base / value)
-    if len(parts) >= 3 and parts[:2] == ["data", "sources"]:
-        if len(parts) == 4 and parts[3] in _SOURCE_PATH_KEYS:
-            return _absolute(value, base)
-        if len(parts) == 3 and isinstance(value, dict):
-            return {k: _absolute(v, base) if k in _SOURCE_PATH_KEYS else v for k, v in value.items()}
-    if parts == ["data", "sources"] and isinstance(value, list):
-        return [
-            {k: _absolute(v, base) if k in _SOURCE_PATH_KEYS else v for k, v in item.items()}
-            if isinstance(item, dict)
-            else item
-            for item in value
-        ]
-    return value
 
 
 def _deep_copy(value: Any) -> Any:
