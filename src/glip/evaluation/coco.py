@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -29,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 from glip.files import write_text_atomic
+from glip.evaluation.annotations import check_image_files, read_coco
 from glip.evaluation.prompts import CategoryText, build_category_prompts, category_texts
 from glip.evaluation.runner import (
     RunOptions,
@@ -44,6 +44,7 @@ from glip.evaluation.runner import (
 logger = logging.getLogger(__name__)
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+NO_DATA = -1.0  # what pycocotools reports for a metric without ground truth
 
 
 @dataclass
@@ -59,51 +60,6 @@ class CocoEvaluation:
 # --------------------------------------------------------------------------------------------------
 # Annotation files
 # --------------------------------------------------------------------------------------------------
-
-
-def read_json_file(path: str | Path, what: str) -> dict[str, Any]:
-    """A JSON object from ``path``; errors name the file."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"cannot read {what} {path}: {error}") from error
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object with {what}, got {type(data).__name__}")
-    return data
-
-
-def require_fields(path: str | Path, data: dict[str, Any], section: str, keys: Sequence[str]) -> None:
-    """Every entry of ``data[section]`` has ``keys``; the error names the file, entry and key."""
-    entries = data.get(section)
-    if not isinstance(entries, list):
-        raise ValueError(f"{path}: missing top-level field {section!r}" if entries is None
-                         else f"{path}: {section!r} must be a list")
-    for index, entry in enumerate(entries):
-        if not isinstance(entry, dict):
-            raise ValueError(f"{path}: {section}[{index}] is not an object")
-        for key in keys:
-            if key not in entry:
-                raise ValueError(f"{path}: {section}[{index}] has no {key!r}")
-
-
-def read_coco(annotation_file: str | Path) -> dict[str, Any]:
-    """A COCO detection file, checked for the fields the evaluation reads."""
-    data = read_json_file(annotation_file, "COCO annotations")
-    require_fields(annotation_file, data, "images", ("id", "file_name"))
-    require_fields(annotation_file, data, "categories", ("id", "name"))
-    require_fields(annotation_file, data, "annotations", ("image_id", "category_id", "bbox"))
-    if not data["categories"]:
-        raise ValueError(f"{annotation_file}: 'categories' is empty")
-    return data
-
-
-def check_image_files(paths: Sequence[Path], annotation_file: str | Path) -> None:
-    """Fail before any inference when an image of the annotation file is missing."""
-    missing = [path for path in paths if not path.is_file()]
-    if missing:
-        raise FileNotFoundError(f"{len(missing)} of the {len(paths)} images of {annotation_file} are missing, "
-                                f"e.g. {missing[0]}")
 
 
 def ground_truth(data: dict[str, Any]):
@@ -147,8 +103,14 @@ def coco_metrics(annotation_file: str | Path | dict[str, Any], results: list[dic
     from pycocotools.cocoeval import COCOeval
 
     data = read_coco(annotation_file) if not isinstance(annotation_file, dict) else annotation_file
+    if not data["images"] or not data["annotations"]:
+        # pycocotools' "no data" value: AP is undefined without ground truth, not 0.
+        logger.warning("%s has no %s: every AP is -1 (undefined)",
+                       "the annotations" if isinstance(annotation_file, dict) else annotation_file,
+                       "images" if not data["images"] else "annotations")
+        return CocoEvaluation({name: NO_DATA for name in METRIC_NAMES}, {}, results)
     truth = ground_truth(data)
-    if not results:
+    if not results:  # loadRes cannot take an empty list; nothing detected scores 0 wherever truth exists
         return CocoEvaluation({name: 0.0 for name in METRIC_NAMES}, {}, results)
     with contextlib.redirect_stdout(io.StringIO()):
         # loadRes adds fields to the records it is given: give it copies.

@@ -40,7 +40,8 @@ from typing import Any
 
 import torch
 
-from glip.evaluation.coco import check_image_files, read_json_file, require_fields, write_evaluation
+from glip.evaluation.annotations import check_annotations, check_image_files, read_json_file, require_fields
+from glip.evaluation.coco import write_evaluation
 from glip.evaluation.grounding import box_iou, caption_phrases
 from glip.evaluation.inference import detect_with_captions
 from glip.evaluation.runner import (
@@ -73,6 +74,7 @@ def read_grounding(annotation_file: str | Path) -> dict[str, Any]:
     data = read_json_file(annotation_file, "grounding annotations")
     require_fields(annotation_file, data, "images", ("id", "file_name", "caption"))
     require_fields(annotation_file, data, "annotations", ("image_id", "bbox"))
+    check_annotations(annotation_file, data, with_categories=False)
     return data
 
 

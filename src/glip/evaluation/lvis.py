@@ -44,13 +44,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from glip.evaluation.coco import (
-    check_image_files,
-    ground_truth,
-    read_json_file,
-    require_fields,
-    write_evaluation,
-)
+from glip.evaluation.annotations import check_annotations, check_image_files, read_json_file, require_fields
+from glip.evaluation.coco import ground_truth, write_evaluation
 from glip.evaluation.inference import detect_per_prompt
 from glip.evaluation.prompts import CategoryText, build_category_prompts, category_texts
 from glip.evaluation.runner import (
@@ -101,6 +96,7 @@ def read_lvis(annotation_file: str | Path) -> dict[str, Any]:
                              f"expected one of {FREQUENCIES}")
     if not data["categories"]:
         raise ValueError(f"{annotation_file}: 'categories' is empty")
+    check_annotations(annotation_file, data)
     return data
 
 
@@ -170,6 +166,10 @@ def lvis_metrics(
     """
     from pycocotools.cocoeval import COCOeval
 
+    if not data["images"] or not data["annotations"]:
+        logger.warning("the LVIS annotations have no %s: every AP is -1 (undefined)",
+                       "images" if not data["images"] else "annotations")
+        return LvisEvaluation({name: -1.0 for name in METRIC_NAMES}, {}, [])
     pooled = top_k_per_category(results, top_k)
     present: dict[int, set[int]] = defaultdict(set)
     for annotation in data["annotations"]:
