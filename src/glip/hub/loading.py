@@ -34,6 +34,7 @@ from glip.hub.convert import (
     fusion_width_from_state_dict,
     read_official_checkpoint,
 )
+from glip.hub.download import download_preset_checkpoint
 from glip.hub.official_config import glip_config_from_official
 from glip.hub.presets import PRESETS, Preset
 from glip.hub.pretrained_parts import MINILM_SOURCE, minilm_state_dict
@@ -77,6 +78,11 @@ def read_pretrained_dir(directory: str | Path) -> tuple[GLIPConfig, dict[str, Te
     """Config, state dict and metadata of a directory written by :func:`write_pretrained_dir`."""
     directory = Path(directory)
     config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+    if not weights_path.exists() and (directory / PROMPT_TUNING_FILE).is_file():
+        # Only prompt offsets and the name of their base model (glip finetune --mode prompt).
+        from glip.transfer.prompt_tuning import read_base_model
+
+        return read_base_model(directory)
     for path in (config_path, weights_path):
         if not path.is_file():
             raise FileNotFoundError(
@@ -184,26 +190,6 @@ def write_pretrained_dir(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return directory
-
-
-def download_preset_checkpoint(preset: Preset, cache_dir: str | Path | None = None) -> Path:
-    """The preset's official checkpoint from the Hugging Face Hub cache, downloading it if needed.
-
-    Offline (or with ``HF_HUB_OFFLINE=1``) it fails at once, naming the file and where to put it.
-    """
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    try:
-        return Path(hf_hub_download(preset.hub_repo, preset.checkpoint, cache_dir=cache_dir))
-    except (LocalEntryNotFoundError, OSError) as error:
-        raise FileNotFoundError(
-            f"cannot get {preset.checkpoint} for preset {preset.name!r} (offline?). Download "
-            f"https://huggingface.co/{preset.hub_repo}/resolve/main/{preset.checkpoint} and load it "
-            f"with GLIP.from_official(path, config) using {preset.official_config} of "
-            f"github.com/microsoft/GLIP, or convert it once with `glip convert` and use "
-            f"GLIP.from_pretrained(<converted dir>). Cause: {error}"
-        ) from error
 
 
 def resolve(name_or_path: str | Path) -> tuple[str, Path | None, Preset | None]:
