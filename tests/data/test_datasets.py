@@ -116,7 +116,7 @@ def test_degenerate_boxes_counted_with_one_warning(tmp_path: Path, tokenizer, ca
         {"id": 2, "image_id": 1, "category_id": 1, "bbox": [50, 30, 30, 30]},  # reaches outside: clipped
         {"id": 3, "image_id": 1, "category_id": 1, "bbox": [5, 5, 0, 10]},  # zero width: dropped
         {"id": 4, "image_id": 1, "category_id": 1, "bbox": [70, 5, 10, 10]},  # outside the image: dropped
-        {"id": 5, "image_id": 1, "category_id": 1, "bbox": [5, 5, -3, 10]},  # negative width: dropped
+        {"id": 5, "image_id": 1, "category_id": 1, "bbox": [5, 5, 10, 0]},  # zero height: dropped
     ]
     path = _coco(tmp_path, annotations)
     with caplog.at_level(logging.WARNING, logger=DATA_LOGGER):
@@ -133,17 +133,33 @@ def test_degenerate_boxes_counted_with_one_warning(tmp_path: Path, tokenizer, ca
     torch.testing.assert_close(sample.boxes, torch.tensor([[10.0, 10.0, 19.0, 19.0], [50.0, 30.0, 59.0, 39.0]]))
 
 
-def test_non_finite_box_dropped(tmp_path: Path, tokenizer) -> None:
-    path = tmp_path / "nan.json"
-    _write_image(tmp_path / "img1.png")
+@pytest.mark.parametrize(
+    ("bbox", "message"),
+    [
+        ("[1, 1, Infinity, 5]", r"annotations\[0\] \(id 7\): field 'bbox' has a NaN or infinite value"),
+        ("[1, NaN, 4, 5]", r"annotations\[0\] \(id 7\): field 'bbox' has a NaN or infinite value"),
+        ("[5, 5, -3, 10]", r"annotations\[0\] \(id 7\): field 'bbox' \[5, 5, -3, 10\] has width -3"),
+        ("[5, 5, 3, -0.5]", r"annotations\[0\] \(id 7\): field 'bbox' .* height -0.5"),
+        ('[1, 1, "9", 9]', r"annotations\[0\] \(id 7\): field 'bbox' must be 4 numbers"),
+    ],
+)
+def test_impossible_boxes_stop_the_read_naming_file_id_and_field(tmp_path: Path, tokenizer, bbox, message) -> None:
+    """Not silently dropped: a NaN or a negative width is a broken file, said before training starts."""
+    path = tmp_path / "bad.json"
     path.write_text(
         '{"images": [{"id": 1, "file_name": "img1.png", "height": 40, "width": 60}], "categories": '
-        '[{"id": 1, "name": "cat"}], "annotations": [{"id": 1, "image_id": 1, "category_id": 1, '
-        '"bbox": [1, 1, Infinity, 5]}, {"id": 2, "image_id": 1, "category_id": 1, "bbox": [1, 1, 9, 9]}]}'
+        '[{"id": 1, "name": "cat"}], "annotations": [{"id": 7, "image_id": 1, "category_id": 1, '
+        f'"bbox": {bbox}}}, {{"id": 2, "image_id": 1, "category_id": 1, "bbox": [1, 1, 9, 9]}}]}}'
     )
-    dataset = DetectionDataset(path, tmp_path, tokenizer, transforms=_identity_transforms(), deterministic=True)
-    assert dataset.box_stats.num_dropped == 1
-    assert dataset[0].boxes.tolist() == [[1.0, 1.0, 9.0, 9.0]]
+    with pytest.raises(ValueError, match=r"bad\.json: " + message):
+        DetectionDataset(path, tmp_path, tokenizer)
+    grounding = json.loads(path.read_text())  # Python's json reads NaN and Infinity, and writes them back
+    grounding["images"][0]["caption"] = "a cat"
+    for annotation in grounding["annotations"]:
+        annotation["tokens_positive"] = [[2, 5]]
+    path.write_text(json.dumps(grounding))
+    with pytest.raises(ValueError, match=r"bad\.json: " + message):
+        GroundingDataset(path, tmp_path, tokenizer)
 
 
 @pytest.mark.parametrize(
@@ -439,6 +455,10 @@ def test_odvg_grounding_and_errors(tmp_path: Path, tokenizer) -> None:
     bad_instance = {"filename": "g.png", "detection": {"instances": [{"bbox": [0, 0, 5, 5], "category": "x"}]}}
     jsonl.write_text(json.dumps(bad_instance) + "\n")
     with pytest.raises(ValueError, match=r"line 1: detection\.instances\[0\]: missing field 'label'"):
+        ODVGDataset(jsonl, tmp_path, tokenizer)
+    backwards = {"filename": "g.png", "grounding": {"caption": "a box", "regions": [{"bbox": [30, 0, 20, 20]}]}}
+    jsonl.write_text(json.dumps(backwards) + "\n")  # x2 < x1: a negative width in corner layout
+    with pytest.raises(ValueError, match=r"line 1: grounding\.regions\[0\]: field 'bbox' .* width -10"):
         ODVGDataset(jsonl, tmp_path, tokenizer)
 
 

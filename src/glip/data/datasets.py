@@ -20,9 +20,11 @@ Boxes follow the legacy inclusive convention (``quirks.TO_REMOVE``): a COCO ``[x
 corners are exclusive (Open-GroundingDino's COCO converter writes ``x2 = x + w``), so ``x2 - 1``,
 ``y2 - 1`` give the same boxes as the COCO file they came from.
 
-Bad data: malformed JSON and missing or mistyped fields raise ``ValueError`` naming the file and the
-record; boxes that are degenerate or stick out of the image are dropped or clipped as the official
-code does, with one warning per dataset that counts them (``dataset.box_stats``); images that fail
+Bad data: malformed JSON, missing or mistyped fields, unknown image or category ids and boxes that
+cannot be boxes (not 4 numbers, NaN or infinite, negative width or height;
+:func:`glip.data.validation.checked_bbox`) raise ``ValueError`` naming the file, the record (its
+index and ``id``) and the field; boxes that are empty or stick out of the image are dropped or
+clipped as the official code does, with one warning per dataset that counts them (``dataset.box_stats``); images that fail
 to decode are reported (once per file) and the dataset returns ``None`` for them, which
 :func:`glip.data.collate.collate` drops.
 
@@ -53,6 +55,7 @@ from transformers import BertTokenizerFast
 from glip import quirks
 from glip.data.prompts import full_category_prompt, sampled_category_prompt
 from glip.data.transforms import TrainTransforms, TransformedSample
+from glip.data.validation import checked_bbox, entry_name
 from glip.processing import Span, create_positive_map, load_image
 
 logger = logging.getLogger(__name__)
@@ -235,13 +238,6 @@ def _field(record: Mapping[str, Any], key: str, where: str, kind: type | tuple[t
     return value
 
 
-def _bbox(record: Mapping[str, Any], where: str) -> list[float]:
-    value = _field(record, "bbox", where, list)
-    if len(value) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-        raise ValueError(f"{where}: field 'bbox' must be 4 numbers, got {value!r}")
-    return [float(v) for v in value]
-
-
 def _spans(value: Any, caption: str, where: str) -> list[Span]:
     """``[[begin, end], ...]`` character spans (end exclusive) inside ``caption``."""
     if not isinstance(value, list):
@@ -273,11 +269,9 @@ def _declared_size(record: Mapping[str, Any], where: str) -> tuple[int, int] | N
     return height, width
 
 
-def _finite_boxes(boxes: list[list[float]]) -> np.ndarray:
-    """``[G, 4]`` float32; rows with a non-finite value become NaN so that clipping drops them."""
-    array = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-    array[~np.isfinite(array).all(axis=1)] = np.nan
-    return array
+def _box_array(boxes: list[list[float]]) -> np.ndarray:
+    """``[G, 4]`` float32 of boxes already checked finite (:func:`checked_bbox`)."""
+    return np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
 
 
 def _has_usable_box(raw_sizes: Sequence[tuple[float, float]]) -> bool:
@@ -552,14 +546,14 @@ class DetectionDataset(_GroundingSource):
         labels_by_image: dict[ImageId, list[int]] = {image_id: [] for image_id in images}
         raw_sizes: dict[ImageId, list[tuple[float, float]]] = {image_id: [] for image_id in images}
         for index, annotation in enumerate(_field(data, "annotations", str(path), list)):
-            where = _annotation_where(path, index, annotation)
+            where = entry_name(path, "annotations", index, annotation)
             image_id = _field(annotation, "image_id", where, (int, str))
             if image_id not in images:
                 raise ValueError(f"{where}: image_id {image_id!r} is not in 'images'")
             category_id = _field(annotation, "category_id", where, int)
             if category_id not in contiguous:
                 raise ValueError(f"{where}: category_id {category_id} is not in 'categories'")
-            box = _bbox(annotation, where)
+            box = checked_bbox(annotation, where)
             raw_sizes[image_id].append((box[2], box[3]))
             if annotation.get("iscrowd", 0):
                 continue
@@ -569,7 +563,7 @@ class DetectionDataset(_GroundingSource):
             if not keep_empty_images and not _has_usable_box(raw_sizes[image_id]):
                 continue
             file_name, declared_size = images[image_id]
-            xywh = torch.from_numpy(_finite_boxes(boxes_by_image[image_id]))
+            xywh = torch.from_numpy(_box_array(boxes_by_image[image_id]))
             self.records.append(
                 _Record(
                     image_file=self.image_dir / file_name,
@@ -580,12 +574,6 @@ class DetectionDataset(_GroundingSource):
                 )
             )
         self._report_box_problems()
-
-
-def _annotation_where(path: Path, index: int, annotation: Any) -> str:
-    if isinstance(annotation, Mapping) and "id" in annotation:
-        return f"{path}: annotations[{index}] (id {annotation['id']})"
-    return f"{path}: annotations[{index}]"
 
 
 def _parse_coco_images(path: Path, data: Mapping[str, Any]) -> dict[ImageId, tuple[str, tuple[int, int] | None]]:
@@ -660,11 +648,11 @@ class GroundingDataset(_GroundingSource):
         spans_by_image: dict[ImageId, list[list[Span]]] = {image_id: [] for image_id in images}
         raw_sizes: dict[ImageId, list[tuple[float, float]]] = {image_id: [] for image_id in images}
         for index, annotation in enumerate(_field(data, "annotations", str(path), list)):
-            where = _annotation_where(path, index, annotation)
+            where = entry_name(path, "annotations", index, annotation)
             image_id = _field(annotation, "image_id", where, (int, str))
             if image_id not in images:
                 raise ValueError(f"{where}: image_id {image_id!r} is not in 'images'")
-            box = _bbox(annotation, where)
+            box = checked_bbox(annotation, where)
             raw_sizes[image_id].append((box[2], box[3]))
             if annotation.get("iscrowd", 0):
                 continue
@@ -679,7 +667,7 @@ class GroundingDataset(_GroundingSource):
             if not keep_empty_images and not _has_usable_box(raw_sizes[image_id]):
                 continue
             file_name, declared_size = images[image_id]
-            xywh = torch.from_numpy(_finite_boxes(boxes_by_image[image_id]))
+            xywh = torch.from_numpy(_box_array(boxes_by_image[image_id]))
             self.records.append(
                 _Record(
                     image_file=self.image_dir / file_name,
@@ -757,7 +745,7 @@ class ODVGDataset(_GroundingSource):
             image_id = line.get("id", line.get("image_id", record_index))
             declared_size = _declared_size(line, where)
             header = _Record(
-                self.image_dir / file_name, image_id, declared_size, _finite_boxes([]), np.zeros(0, np.int64)
+                self.image_dir / file_name, image_id, declared_size, _box_array([]), np.zeros(0, np.int64)
             )
             as_detection = "detection" in line and (names is not None or "grounding" not in line)
             if as_detection:
@@ -789,7 +777,7 @@ class ODVGDataset(_GroundingSource):
         boxes, labels, raw_sizes = [], [], []
         for index, instance in enumerate(_field(detection, "instances", f"{where}: detection", list)):
             instance_where = f"{where}: detection.instances[{index}]"
-            box = _bbox(instance, instance_where)
+            box = checked_bbox(instance, instance_where, "xyxy")
             label = _field(instance, "label", instance_where, int)
             if names is not None:
                 if label not in names:
@@ -802,7 +790,7 @@ class ODVGDataset(_GroundingSource):
             boxes.append(_exclusive_to_inclusive(box))
             labels.append(label)
             raw_sizes.append((box[2] - box[0], box[3] - box[1]))
-        record = dataclasses.replace(header, boxes=_finite_boxes(boxes), labels=np.asarray(labels, dtype=np.int64))
+        record = dataclasses.replace(header, boxes=_box_array(boxes), labels=np.asarray(labels, dtype=np.int64))
         return record, raw_sizes
 
     def _grounding_record(
@@ -814,7 +802,7 @@ class ODVGDataset(_GroundingSource):
         boxes, spans, raw_sizes = [], [], []
         for index, region in enumerate(_field(grounding, "regions", f"{where}: grounding", list)):
             region_where = f"{where}: grounding.regions[{index}]"
-            box = _bbox(region, region_where)
+            box = checked_bbox(region, region_where, "xyxy")
             if "tokens_positive" in region:
                 region_spans = _spans(region["tokens_positive"], caption, region_where)
             else:
@@ -828,7 +816,7 @@ class ODVGDataset(_GroundingSource):
             raw_sizes.append((box[2] - box[0], box[3] - box[1]))
         record = dataclasses.replace(
             header,
-            boxes=_finite_boxes(boxes),
+            boxes=_box_array(boxes),
             labels=np.ones(len(boxes), dtype=np.int64),
             caption=caption,
             tokens_positive=spans,
