@@ -3,14 +3,18 @@
 An official config is either partial (``configs/pretrain/*.yaml``, merged over
 ``maskrcnn_benchmark/config/defaults.py``) or a full ``cfg.dump()``. Only the keys that change
 the computation are read; their official defaults are in :data:`OFFICIAL_DEFAULTS`. Values the
-released models never use (other backbones, fusion types, ...) are refused with the key named.
+released models never use (other backbones, fusion types, ...) are refused with the key named, and
+so is a key the official config does not have (``official_keys.txt``): yacs refuses it too, and a
+misspelt ``PIXEL_STD`` would otherwise silently leave the default preprocessing in place.
 """
 
 from __future__ import annotations
 
 import ast
+import difflib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -112,8 +116,46 @@ REQUIRED_VALUES: tuple[tuple[str, Any], ...] = (
 )
 
 
+# Every key of the official config, one per line; "SECTION.*" takes any keys below it.
+OFFICIAL_KEYS_FILE = Path(__file__).with_name("official_keys.txt")
+
+
 class OfficialConfigError(ValueError):
     """An official config that cannot be read or describes an unsupported model."""
+
+
+@lru_cache(maxsize=1)
+def official_keys() -> tuple[frozenset[str], tuple[str, ...]]:
+    """The official config's value keys and its open sections (each ending in ``.``)."""
+    lines = [line.strip() for line in OFFICIAL_KEYS_FILE.read_text().splitlines()]
+    names = [line for line in lines if line and not line.startswith("#")]
+    values = frozenset(name for name in names if not name.endswith(".*"))
+    sections = tuple(name[:-1] for name in names if name.endswith(".*"))
+    return values, sections
+
+
+def _describe_unknown(key: str) -> str:
+    """``key`` with why it is wrong: a section given a value, or the closest official key."""
+    values, _ = official_keys()
+    if any(value.startswith(key + ".") for value in values):
+        return f"{key} (a section, not a value)"
+    close = difflib.get_close_matches(key, values, n=1, cutoff=0.8)
+    return f"{key} (did you mean {close[0]}?)" if close else key
+
+
+def check_known_keys(keys: Iterable[str], source: str) -> None:
+    """Refuse every dotted key the official config does not have, all named at once.
+
+    Raises:
+        OfficialConfigError: listing each unknown key with its full dotted path.
+    """
+    values, sections = official_keys()
+    unknown = [key for key in keys if key not in values and not key.startswith(sections)]
+    if unknown:
+        raise OfficialConfigError(
+            f"{source}: {len(unknown)} key(s) the official GLIP config does not have (yacs refuses them "
+            f"too): " + "; ".join(_describe_unknown(key) for key in unknown)
+        )
 
 
 def _parse_scalar(value: Any) -> Any:
@@ -172,8 +214,10 @@ def read_official_yaml(config: str | Path | Mapping[str, Any]) -> dict[str, Any]
             raise OfficialConfigError(f"cannot read official config {path}: {error}") from error
         if not isinstance(tree, Mapping):
             raise OfficialConfigError(f"{path}: expected a YAML mapping at the top level")
+    flat = _flatten(tree)
+    check_known_keys(flat, source)
     values = dict(OFFICIAL_DEFAULTS)
-    for key, value in _flatten(tree).items():
+    for key, value in flat.items():
         if key in OFFICIAL_DEFAULTS:
             values[key] = _check_type(key, value, OFFICIAL_DEFAULTS[key], source)
     for key, required in REQUIRED_VALUES:
