@@ -130,3 +130,37 @@ def test_non_checkpoint_files_get_clear_errors(tmp_path: Path) -> None:
 
 def test_dropped_keys_documented() -> None:
     assert all(reason for _, reason in DROPPED_KEYS)
+
+
+def _whole_checkpoint(path: Path, legacy: bool = False) -> bytes:
+    torch.save({"model": {"backbone.body.norm1.weight": torch.zeros(256)}}, path,
+               _use_new_zipfile_serialization=not legacy)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "reason"),
+    [
+        ("empty.pth", lambda whole: b"", "is empty"),
+        ("cut.pth", lambda whole: whole[: len(whole) // 2], "is truncated"),
+        ("text.pth", lambda whole: b"hello, this is no checkpoint", "not a PyTorch checkpoint"),
+        ("lfs.pth", lambda whole: b"version https://git-lfs.github.com/spec/v1\noid sha256:0\n", "Git LFS pointer"),
+        ("page.pth", lambda whole: b"<!DOCTYPE html><html>404</html>", "HTML page"),
+    ],
+)
+def test_broken_checkpoint_files_say_why(tmp_path: Path, name: str, make, reason: str) -> None:
+    """An empty or cut download used to give a blank reason (or a bare KeyError)."""
+    path = tmp_path / name
+    path.write_bytes(make(_whole_checkpoint(tmp_path / "whole.pth")))
+    with pytest.raises(CheckpointError) as error:
+        read_official_checkpoint(path)
+    assert str(path) in str(error.value) and reason in str(error.value)
+
+
+def test_truncated_legacy_checkpoint_says_why(tmp_path: Path) -> None:
+    whole = _whole_checkpoint(tmp_path / "legacy.pth", legacy=True)
+    assert read_official_checkpoint(tmp_path / "legacy.pth")
+    path = tmp_path / "cut.pth"
+    path.write_bytes(whole[:-40])
+    with pytest.raises(CheckpointError, match=r"cut\.pth.*(truncated|corrupt)"):
+        read_official_checkpoint(path)

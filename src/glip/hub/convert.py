@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -182,15 +183,49 @@ def check_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor], source:
         )
 
 
+# First bytes of the files a checkpoint download goes wrong into, and what they are.
+_NOT_CHECKPOINT_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"version https://git-lfs", "a Git LFS pointer, not the file it points to (run `git lfs pull`)"),
+    (b"<!doctype html", "an HTML page (an error or login page saved in place of the file)"),
+    (b"<html", "an HTML page (an error or login page saved in place of the file)"),
+)
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6
+_PICKLE_MAGIC = b"\x80"  # pickle protocol >= 2: PyTorch's legacy format
+
+
+def _check_checkpoint_file(path: Path) -> None:
+    """Refuse, with the reason, a file that cannot be a whole PyTorch checkpoint.
+
+    ``torch.load`` reports these with an empty message (an empty file) or a bare ``KeyError``.
+    """
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): the download or copy did not complete; fetch it again")
+    with open(path, "rb") as stream:
+        head = stream.read(64)
+    for signature, what in _NOT_CHECKPOINT_SIGNATURES:
+        if head.lower().startswith(signature):
+            raise CheckpointError(f"{path} is not a PyTorch checkpoint: it is {what}")
+    if head.startswith(_ZIP_MAGIC):
+        if not zipfile.is_zipfile(path):
+            raise CheckpointError(
+                f"{path} is truncated: a PyTorch checkpoint whose end is missing ({size} bytes); fetch it again"
+            )
+        return
+    if not head.startswith(_PICKLE_MAGIC):
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (its first bytes are {head[:16]!r})")
+
+
 def read_official_checkpoint(path: str | Path) -> dict[str, Tensor]:
     """The ``"model"`` state dict of an official ``.pth`` (``model_ema`` is ignored).
 
     Only plain tensors are unpickled (``weights_only=True``): a file that would run code is
-    refused.
+    refused. Empty, truncated and non-PyTorch files are refused with the reason.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    _check_checkpoint_file(path)
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -198,8 +233,12 @@ def read_official_checkpoint(path: str | Path) -> dict[str, Tensor]:
             f"{path} is not a plain-tensor checkpoint and was refused (it would run code when "
             f"unpickled, or is not a torch file): {str(error).splitlines()[0]}"
         ) from error
-    except (RuntimeError, EOFError, OSError) as error:
-        raise CheckpointError(f"cannot read checkpoint {path}: {error}") from error
+    except EOFError as error:
+        raise CheckpointError(f"{path} is truncated: the file ends in the middle of the checkpoint; fetch it again") \
+            from error
+    except (RuntimeError, OSError, KeyError, ValueError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"cannot read checkpoint {path} (corrupt or truncated?): {reason}") from error
     if isinstance(data, dict) and isinstance(data.get("model"), Mapping):
         data = data["model"]
     if not isinstance(data, Mapping) or not all(isinstance(v, Tensor) for v in data.values()):
