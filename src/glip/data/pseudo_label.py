@@ -17,8 +17,8 @@ from typing import Any
 from tqdm import tqdm
 
 from glip import quirks
-from glip.processing import load_image
 from glip.files import write_json_atomic
+from glip.processing import load_image
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +102,8 @@ def pseudo_label(
         })
         for box, score, label in zip(detections.boxes.tolist(), detections.scores.tolist(),
                                      detections.labels.tolist()):
+            if score < threshold:  # whatever the teacher's own thresholding (e.g. per-phrase rules)
+                continue
             x1, y1, x2, y2 = box
             annotations.append({
                 "id": len(annotations) + 1, "image_id": image_id, "category_id": 1, "iscrowd": 0,
