@@ -10,7 +10,9 @@ import torch
 
 from glip import quirks
 from glip.data import Target
-from glip.losses import GLIPCriterion, centerness_targets, giou_loss, token_sigmoid_focal_loss
+from torchvision.ops import sigmoid_focal_loss
+
+from glip.losses import GLIPCriterion, centerness_targets, giou_loss
 from glip.modeling.anchors import grid_anchors
 from glip.modeling.box_coder import BoxCoder
 
@@ -44,7 +46,29 @@ def test_focal_loss_by_hand() -> None:
     targets = torch.tensor([1.0, 0.0, 1.0])
     # Third: p = 3/4, BCE = -log(3/4), (1 - 3/4)^2 = 1/16, alpha 1/4.
     expected = torch.tensor([POSITIVE_AT_ZERO, NEGATIVE_AT_ZERO, -math.log(0.75) / 16 / 4])
-    torch.testing.assert_close(token_sigmoid_focal_loss(logits, targets), expected)
+    torch.testing.assert_close(sigmoid_focal_loss(logits, targets, reduction="none"), expected)
+
+
+def _official_token_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float, gamma: float) -> torch.Tensor:
+    """The official token_sigmoid_binary_focal_loss's operations, in its order."""
+    probabilities = torch.sigmoid(logits)
+    cross_entropy = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = probabilities * targets + (1 - probabilities) * (1 - targets)
+    loss = cross_entropy * ((1 - p_t) ** gamma)
+    if alpha >= 0:
+        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+    return loss
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize(("alpha", "gamma"), [(0.25, 2.0), (-1.0, 2.0), (0.5, 0.0), (0.25, 1.5)])
+def test_torchvision_focal_loss_is_bit_identical_to_the_official_one(dtype, alpha: float, gamma: float) -> None:
+    """Why the criterion may use torchvision.ops.sigmoid_focal_loss instead of its own copy."""
+    generator = torch.Generator().manual_seed(int(alpha * 100 + gamma * 10))
+    logits = (torch.randn(4, 300, 64, generator=generator) * 6).to(dtype)
+    targets = (torch.rand(4, 300, 64, generator=generator) < 0.05).to(dtype)
+    ours = _official_token_focal_loss(logits, targets, alpha, gamma)
+    assert torch.equal(sigmoid_focal_loss(logits, targets, alpha, gamma, reduction="none"), ours)
 
 
 def test_giou_loss_by_hand() -> None:

@@ -6,7 +6,6 @@ from glip.losses.criterion import (
     TargetLike,
     centerness_targets,
     giou_loss,
-    token_sigmoid_focal_loss,
 )
 
 __all__ = [
@@ -16,5 +15,4 @@ __all__ = [
     "atss_assign",
     "centerness_targets",
     "giou_loss",
-    "token_sigmoid_focal_loss",
 ]

@@ -13,6 +13,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.ops import sigmoid_focal_loss
 
 from glip import quirks
 from glip.losses.assign import AtssAssignment, atss_assign
@@ -43,31 +44,12 @@ class PredictionsLike(Protocol):
     dot_product_logits: list[Tensor]
 
 
-def token_sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
-    """Binary sigmoid focal loss per element (Lin et al. 2017), unreduced.
-
-    ``BCE(logit, t) * (1 - p_t) ** gamma * alpha_t`` with ``p_t = p`` for t = 1 and ``1 - p``
-    for t = 0, ``alpha_t = alpha`` for t = 1 and ``1 - alpha`` for t = 0 (official
-    ``token_sigmoid_binary_focal_loss``, same operation order).
-
-    Args:
-        logits: any shape.
-        targets: same shape, 0/1 floats.
-        alpha: weight of the positives (``< 0`` disables the weighting).
-        gamma: focusing exponent.
-    """
-    probabilities = torch.sigmoid(logits)
-    cross_entropy = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    p_t = probabilities * targets + (1 - probabilities) * (1 - targets)
-    loss = cross_entropy * ((1 - p_t) ** gamma)
-    if alpha >= 0:
-        alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
-        loss = alpha_t * loss
-    return loss
-
-
 def giou_loss(predicted_boxes: Tensor, target_boxes: Tensor) -> Tensor:
     """``1 - GIoU`` per box pair (Rezatofighi et al. 2019), as the official ``GIoULoss``.
+
+    Not ``torchvision.ops.generalized_box_iou_loss``: that one does not collapse inverted
+    predictions, and even on collapsed ones it differs in the last bit in float32 (and by ~1e-2
+    in bfloat16, NaN in float16 at large coordinates), as it places its eps differently.
 
     Areas are ``(x2 - x1) * (y2 - y1)`` (no +1 here, unlike the IoU of the assignment); a
     predicted box with ``x2 < x1`` is collapsed to ``x2 = x1`` (same for y).
@@ -247,11 +229,14 @@ class GLIPCriterion(nn.Module):
 
         # Token loss over the (anchor, token) pairs of real tokens only.
         token_mask = (text_mask > 0).unsqueeze(1).expand_as(token_logits)  # [B, A, T]
-        token_loss = token_sigmoid_focal_loss(
+        # torchvision's op computes the official ``token_sigmoid_binary_focal_loss`` in the same
+        # order of operations: bit-identical (tests/losses/test_criterion.py pins it).
+        token_loss = sigmoid_focal_loss(
             torch.masked_select(token_logits, token_mask),
             torch.masked_select(token_targets, token_mask),
             self.focal_alpha,
             self.focal_gamma,
+            reduction="none",
         ).sum() / num_positive
 
         box_regression = box_regression[positive]  # [P, 4]
