@@ -278,17 +278,15 @@ def command_train(args: argparse.Namespace) -> int:
 
     recipe = TrainRecipe.from_yaml(args.config, args.set or [])
     output_dir = ensure_writable_dir(Path(recipe.output_dir), "output_dir (of the recipe)")
-    from glip.training.loop import NonFiniteLossError, train
+    from glip.training.loop import train_command
 
-    # Checkpoints are saved every checkpoint_every steps; --resume goes on from the latest.
+    # Checkpoints are saved every checkpoint_every steps; --resume goes on from the latest. A
+    # diverged run raises NonFiniteLossError (a RuntimeError: exit status 1, the last good
+    # checkpoint kept).
     args.partial_results = f"{output_dir} (go on with --resume)"
-    try:
-        summary = train(recipe, resume=args.resume)
-    except NonFiniteLossError:  # logged with the step and the loss terms; the last good checkpoint is kept
-        return EXIT_FAILED
-    if int(os.environ.get("RANK", "0")) == 0:  # one line per torchrun group, not per process
-        print(f"trained {summary['steps']} steps; final model: {summary['model_dir']} "
-              f"(use it with --model {summary['model_dir']})")
+    model_dir = train_command(args.config, args.set or [], args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:  # one line per torchrun group, not one per process
+        print(f"final model: {model_dir} (use it with --model {model_dir})")
     return EXIT_OK
 
 
