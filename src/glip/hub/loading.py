@@ -95,7 +95,12 @@ def read_pretrained_dir(directory: str | Path) -> tuple[GLIPConfig, dict[str, Te
         raise ValueError(f"{config_path}: invalid JSON: {error}") from error
     if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
         raise ValueError(f"{config_path}: not a GLIP config (missing \"format\": \"{FORMAT_NAME}\")")
-    config = GLIPConfig.from_dict(data["config"])
+    try:
+        config = GLIPConfig.from_dict(data.get("config"))
+    except (KeyError, TypeError, ValueError) as error:
+        # from_dict names the key (``config.head.num_layers``); the file is named here.
+        reason = error.args[0] if error.args else repr(error)
+        raise ValueError(f"{config_path}: invalid GLIP config: {reason}") from error
     tokenizer_dir = directory / TOKENIZER_DIR
     if (tokenizer_dir / "vocab.txt").is_file():
         config = _with_tokenizer(config, str(tokenizer_dir))
