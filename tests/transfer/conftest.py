@@ -39,5 +39,5 @@ def test_split(tmp_path_factory: pytest.TempPathFactory) -> CocoSplit:
 def recipe(model_dir: Path) -> FinetuneRecipe:
     """Two steps of two 64 px images, evaluation at 64 px."""
     return FinetuneRecipe(model=str(model_dir), batch_size=2, max_steps=2, min_sizes=(64,), max_size=0,
-                          num_workers=0, num_threads=1, progress_bar=False, log_every=1, eval_batch_size=4,
+                          num_workers=0, num_threads=1, log_every=1, eval_batch_size=4,
                           device="cpu")

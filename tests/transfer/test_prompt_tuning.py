@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -106,7 +107,7 @@ def test_training_caption_is_the_evaluation_caption(tmp_path: Path) -> None:
     from glip.data import DetectionDataset
     from glip.data.prompts import full_category_prompt
     from glip.evaluation.prompts import CategoryText, build_category_prompts, category_texts
-    from glip.transfer.finetune import training_file
+    from glip.transfer.data import training_file
     from glip.transfer.prompts import ClassPrompts, class_texts
     from transfer_fixtures import CATEGORIES, PROMPTS, coco_dict
 
@@ -121,3 +122,35 @@ def test_training_caption_is_the_evaluation_caption(tmp_path: Path) -> None:
     evaluation = build_category_prompts(evaluation_texts, model.tokenizer, 64)
     assert len(evaluation) == 1 and evaluation[0].caption == training
     assert training == f"{PROMPTS['heart']}. arrow. {PROMPTS['crescent']}"
+
+
+def test_a_prompt_tuned_folder_is_its_offsets_and_reloads_to_the_same_detections(
+    image: np.ndarray, model_dir: Path, tmp_path: Path
+) -> None:
+    from glip.transfer.prompt_tuning import base_reference, save_prompt_tuned
+
+    base = tmp_path / "base"
+    shutil.copytree(model_dir, base)
+    model = GLIP.from_pretrained(base)
+    model.prompt_offset = PromptOffset(64, 32, CLASSES)
+    model.prompt_offset.offset.data.copy_(torch.randn(64, 32, generator=torch.Generator().manual_seed(3)))
+    folder = save_prompt_tuned(model, tmp_path / "tuned", base_reference(base), ["heart", "arrow", "crescent"])
+
+    assert sorted(path.name for path in folder.iterdir()) == [PROMPT_TUNING_FILE, PROMPT_TUNING_WEIGHTS]
+    size = sum(path.stat().st_size for path in folder.iterdir())
+    assert size < 64 * 32 * 4 + 4096 and size * 20 < (base / "model.safetensors").stat().st_size
+    info = json.loads((folder / PROMPT_TUNING_FILE).read_text())
+    assert info["base"]["model"] == str(base.resolve()) and info["base"]["fingerprint"].startswith("sha256:")
+    assert info["class_names"] == ["heart", "arrow", "crescent"]
+
+    loaded = GLIP.from_pretrained(folder)
+    expected, got = model.eval().predict(image), loaded.predict(image)
+    assert _same(expected, got) and len(got) > 0
+
+    # Offsets tuned on other weights would silently detect worse: a changed base is an error.
+    tiny_model(seed=1).save_pretrained(base)
+    with pytest.raises(ValueError, match="tuned on base model .*base.* load the offsets onto the model"):
+        GLIP.from_pretrained(folder)
+    shutil.rmtree(base)
+    with pytest.raises(FileNotFoundError, match="tuned.*its base model is missing"):
+        GLIP.from_pretrained(folder)

@@ -46,7 +46,10 @@ def test_run_saves_a_prompt_tuned_model_with_the_descriptive_prompt(
     code = main(["finetune", "run", "--mode", "prompt", "--shots", "2", "--seed", "1", "--config", str(config),
                  "--prompts", str(prompts_file), "--out", str(out), *_split_args(train_split, test_split)])
     assert code == 0
-    assert "test AP" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "test AP" in captured.out
+    # The recipe turns the progress bar off (progress_bar: false); the run's bar shows anyway.
+    assert "prompt tuning" in captured.err and "1/1" in captured.err
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0.0 <= metrics["AP"] <= 1.0
     trained_on = json.loads((out / "train.json").read_text())
@@ -65,6 +68,11 @@ def test_study_writes_the_table_and_resumes(
             "--modes", "linear,prompt", "--prompts", str(prompts_file), "--out", str(out),
             *_split_args(train_split, test_split)]
     assert main(args) == 0
+    progress = capsys.readouterr().err
+    assert "run 1/18: zero-shot evaluation, prompts=class names" in progress
+    assert "run 3/18: mode=linear shots=1 seed=0 prompts=class names" in progress
+    assert "run 18/18 done in " in progress and "0 runs left" in progress
+    assert "run 18/18 prompt all seed 1" in progress, "each run's bar is named after it"
     report = json.loads((out / "study.json").read_text())
     assert report["complete"] and report["format"] == "glip-transfer-study"
     # 2 zero-shot evaluations (names, descriptive) + 2 variants x 2 modes x 2 shot settings x 2 seeds.
@@ -82,6 +90,7 @@ def test_study_writes_the_table_and_resumes(
 
     # Resuming a finished study runs nothing; starting over in the same folder is refused.
     assert main(args + ["--resume"]) == 0
+    assert "run " not in capsys.readouterr().err
     assert len(json.loads((out / "study.json").read_text())["runs"]) == 18
     assert main(args) == 2
     assert "already holds a study" in capsys.readouterr().err

@@ -9,7 +9,8 @@ import pytest
 
 from glip.pipeline import GLIP
 from glip.transfer import ClassPrompts, CocoSplit, FinetuneRecipe
-from glip.transfer.finetune import evaluate_split, summary_metrics, training_file
+from glip.transfer.data import training_file
+from glip.transfer.evaluate import evaluate_split, summary_metrics
 from glip.transfer.prompts import class_texts, label_to_category
 from transfer_fixtures import CATEGORIES, PROMPTS, coco_dict
 
@@ -41,7 +42,7 @@ def test_training_file_names_categories_by_their_prompt_text(tmp_path: Path) -> 
 def test_evaluation_results_carry_the_category_ids(model_dir: Path, test_split: CocoSplit, tmp_path: Path) -> None:
     """Predictions for prompt texts are reported under the data set's category ids."""
     model = GLIP.from_pretrained(model_dir)
-    recipe = FinetuneRecipe(model=str(model_dir), eval_batch_size=2, num_threads=1, progress_bar=False)
+    recipe = FinetuneRecipe(model=str(model_dir), eval_batch_size=2, num_threads=1)
     evaluation = evaluate_split(model, test_split, _prompts(tmp_path, PROMPTS), recipe)
     assert set(evaluation.per_category_ap) == {"heart", "arrow", "crescent"}
     assert evaluation.results and {result["category_id"] for result in evaluation.results} == {1, 3, 7}

@@ -3,57 +3,57 @@
 Rows are tuning modes (and, with a prompt file, the same modes "with descriptive prompts"); columns
 are zero-shot, k-shot and full-data AP, like the paper's ODinW tables (GLIP, section 4.2). For each
 prompt variant, mode, k and seed one run draws its k-shot set with that seed and fine-tunes
-(:func:`.finetune.finetune`); zero-shot is the starting model evaluated as it is (once per prompt
+(:func:`.finetune.run_on_data`); zero-shot is the starting model evaluated as it is (once per prompt
 variant, shared by every mode). A cell is the mean AP over the seeds and its sample standard
 deviation (full-data runs differ by seed only in data order, augmentation and dropout).
 
 OUT holds ``study.json`` (settings, every run, the table; rewritten atomically after each run with
 ``"complete": false`` until the end, so an interrupted study goes on with ``resume``), ``study.md``
-(the table, written when complete) and ``runs/<variant>-<mode>-<k>shot|all-seed<s>/`` (each
-run's folder; its model is removed unless ``keep_models``).
+(the table, written when complete; :mod:`.report`) and
+``runs/<variant>-<mode>-<k>shot|all-seed<s>/`` (each run's folder; its model is removed unless
+``keep_models``). Every run is announced on stderr (``run 3/62: mode=prompt shots=1 seed=2 ...``)
+and ends with its AP and the time the study has left, whatever the log level.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import logging
 import shutil
-import statistics
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from glip.pipeline import GLIP
-from glip.training.loop import resolve_device
+from tqdm import tqdm
+
+from glip.device import torch_threads
+from glip.files import write_text_atomic
+from glip.transfer.data import CocoSplit, read_task
+from glip.transfer.evaluate import model_metrics
 from glip.transfer.fewshot import sample_few_shot
-from glip.transfer.finetune import (
-    CocoSplit,
-    FinetuneRecipe,
-    check_same_categories,
-    evaluate_split,
-    finetune,
-    read_detection_file,
-    summary_metrics,
-    torch_threads,
-)
+from glip.transfer.finetune import run_on_data
 from glip.transfer.modes import check_mode
 from glip.transfer.prompts import ClassPrompts, class_texts
-from glip.files import write_json_atomic, write_text_atomic
+from glip.transfer.recipe import FinetuneRecipe
+from glip.transfer.report import (
+    FULL,
+    STUDY_JSON,
+    STUDY_MARKDOWN,
+    VARIANT_LABELS,
+    record,
+    run_key,
+    save_report,
+    shots_label,
+    start_report,
+    study_markdown,
+    study_table,
+)
 
 logger = logging.getLogger(__name__)
-
-STUDY_JSON = "study.json"
-STUDY_MARKDOWN = "study.md"
-FORMAT_NAME = "glip-transfer-study"
-# Shots are k >= 1, 0 (zero-shot: no training) or FULL (all the training data).
-FULL = None
-MODE_LABELS = {"full": "full-model tuning", "prompt": "prompt tuning", "linear": "linear probing"}
-VARIANT_LABELS = {"names": "class names", "descriptive": "with descriptive prompts"}
-METRICS = ("AP", "AP50", "AP75")
 
 
 @dataclass(frozen=True)
@@ -93,11 +93,6 @@ class StudyPlan:
             check_mode(mode, "--modes")
 
 
-def shots_label(shots: int | None) -> str:
-    """Column key: ``"0"``, ``"5"``, ``"full"``."""
-    return "full" if shots is FULL else str(shots)
-
-
 def parse_shots(text: str) -> tuple[int | None, ...]:
     """``"0,1,3,5,10,full"`` -> ``(0, 1, 3, 5, 10, None)``; errors name ``--shots``."""
     values: list[int | None] = []
@@ -135,140 +130,129 @@ def run_study(recipe: FinetuneRecipe, plan: StudyPlan, output_dir: str | Path, r
         The report written to ``study.json``.
     """
     output_dir = Path(output_dir)
-    plan.train.check("--train")
-    plan.test.check("--test")
-    train_data = read_detection_file(plan.train.annotations)
-    test_data = read_detection_file(plan.test.annotations)
-    check_same_categories(train_data, test_data, plan.train.annotations, plan.test.annotations)
-    variants: list[tuple[str, ClassPrompts | None]] = [("names", None)]
-    if plan.prompts is not None:
-        prompts = ClassPrompts.from_file(plan.prompts)
-        class_texts(train_data["categories"], prompts, str(plan.train.annotations))
-        variants.append(("descriptive", prompts))
-    for shots in plan.shots:
-        if shots:
-            for seed in plan.seeds:
-                sample_few_shot(train_data, shots, seed, recipe.few_shot_unit, str(plan.train.annotations))
-    settings = _settings(recipe, plan, variants, train_data, test_data)
-    report = _start_report(output_dir / STUDY_JSON, settings, resume)
-    done = {_run_key(run) for run in report["runs"]}
-
+    train_data, test_data = read_task(plan.train, plan.test)
+    assert test_data is not None
+    variants = _variants(plan, train_data)
+    subsets = _draw_subsets(recipe, plan, train_data)
+    report = start_report(output_dir / STUDY_JSON, _settings(recipe, plan, variants, train_data, test_data), resume)
+    done = {run_key(run) for run in report["runs"]}
+    runs = _study_runs(plan, variants)
+    progress = _StudyProgress(len(runs), len([run for run in runs if run.key in done]))
     started = time.perf_counter() - report.get("seconds", 0.0)
     with torch_threads(recipe.num_threads):
-        if 0 in plan.shots:
-            model = None
-            for variant, prompts in variants:
-                if (variant, None, "0", None) in done:
-                    continue
-                if model is None:
-                    model = GLIP.from_pretrained(recipe.model, device=resolve_device(recipe.device))
-                logger.info("zero-shot evaluation (%s)", VARIANT_LABELS[variant])
-                begin = time.perf_counter()
-                metrics = summary_metrics(evaluate_split(model, plan.test, prompts, recipe))
-                report["runs"].append(_record(variant, None, 0, None, metrics, seconds=time.perf_counter() - begin))
-                _save(output_dir, report, started)
-            del model
-        trained_shots = [shots for shots in plan.shots if shots != 0]
-        for (variant, prompts), mode, shots, seed in itertools.product(variants, plan.modes, trained_shots, plan.seeds):
-            if (variant, mode, shots_label(shots), seed) in done:
+        for index, run in enumerate(runs, 1):
+            if run.key in done:
                 continue
-            amount = "all" if shots is FULL else f"{shots}shot"
-            run_dir = output_dir / "runs" / f"{variant}-{mode}-{amount}-seed{seed}"
-            shutil.rmtree(run_dir, ignore_errors=True)  # a run cut short before
-            logger.info("run %s", run_dir.name)
-            result = finetune(recipe, mode, plan.train, run_dir, shots=shots, seed=seed, prompts=prompts,
-                              test_split=plan.test)
-            if not plan.keep_models:
-                shutil.rmtree(result.model_dir, ignore_errors=True)
-            assert result.metrics is not None
-            report["runs"].append(_record(
-                variant, mode, shots, seed, result.metrics, seconds=result.seconds, steps=result.steps,
-                train_images=result.train_images, train_boxes=result.train_boxes, run_dir=str(run_dir),
-            ))
-            _save(output_dir, report, started)
+            progress.announce(index, run)
+            begin = time.perf_counter()
+            if run.mode is None:
+                entry = record(run.variant, None, 0, None, model_metrics(recipe.model, plan.test, run.prompts, recipe),
+                               seconds=time.perf_counter() - begin)
+            else:
+                entry = _tuned_run(recipe, plan, run, subsets[run.shots, run.seed], output_dir,
+                                   label=f"run {index}/{len(runs)} {run.mode} {run.amount} seed {run.seed}")
+            report["runs"].append(entry)
+            save_report(output_dir, report, started)
+            progress.finished(index, entry["AP"], time.perf_counter() - begin)
     report["complete"] = True
-    report["table"] = study_table(report["runs"], plan, [variant for variant, _ in variants])
-    _save(output_dir, report, started)
+    report["table"] = study_table(report["runs"], plan.modes, plan.shots, [variant for variant, _ in variants])
+    save_report(output_dir, report, started)
     write_text_atomic(output_dir / STUDY_MARKDOWN, study_markdown(report))
     logger.info("wrote %s and %s", output_dir / STUDY_MARKDOWN, output_dir / STUDY_JSON)
     return report
 
 
-def study_table(runs: Sequence[dict[str, Any]], plan: StudyPlan, variants: Sequence[str]) -> list[dict[str, Any]]:
-    """One row per mode and prompt variant (the variants of a mode next to each other); per shots
-    column ``{"AP": mean over seeds, "AP_std": sample standard deviation, "AP50", ..., "n": runs}``."""
-    rows = []
-    for mode in plan.modes:
-        for variant in variants:
-            cells: dict[str, Any] = {}
-            for shots in plan.shots:
-                label = shots_label(shots)
-                if shots == 0:
-                    chosen = [run for run in runs if run["variant"] == variant and run["shots"] == "0"]
-                else:
-                    chosen = [run for run in runs
-                              if run["variant"] == variant and run["mode"] == mode and run["shots"] == label]
-                if not chosen:
-                    continue
-                cell: dict[str, Any] = {"n": len(chosen)}
-                for metric in METRICS:
-                    values = [run[metric] for run in chosen]
-                    cell[metric] = statistics.fmean(values)
-                    cell[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
-                cells[label] = cell
-            rows.append({"mode": mode, "variant": variant, "cells": cells})
-    return rows
+@dataclass(frozen=True)
+class _StudyRun:
+    """One entry of the study: a zero-shot evaluation (``mode`` None) or a fine-tuning run."""
+
+    variant: str
+    prompts: ClassPrompts | None
+    mode: str | None
+    shots: int | None
+    seed: int | None
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        """As :func:`.report.run_key` of its record."""
+        return self.variant, self.mode, shots_label(self.shots), self.seed
+
+    @property
+    def amount(self) -> str:
+        return "all" if self.shots is FULL else f"{self.shots}shot"
+
+    def describe(self) -> str:
+        prompts = VARIANT_LABELS[self.variant]
+        if self.mode is None:
+            return f"zero-shot evaluation, prompts={prompts}"
+        return f"mode={self.mode} shots={shots_label(self.shots)} seed={self.seed} prompts={prompts}"
 
 
-def study_markdown(report: dict[str, Any]) -> str:
-    """The table (AP in percent, mean ± std over seeds) and the settings it was made with."""
-    settings = report["settings"]
-    columns = settings["shots"]
-    headers = ["zero-shot" if label == "0" else "full data" if label == "full" else f"{label}-shot"
-               for label in columns]
-    lines = [
-        f"# Transfer of `{settings['model']}` to `{settings['train']}`",
-        "",
-        f"Box AP@[.5:.95] (%) on `{settings['test']}` ({settings['test_images']} images), "
-        + (f"mean ± sample standard deviation over seeds {', '.join(str(seed) for seed in settings['seeds'])}"
-           if len(settings["seeds"]) > 1 else f"seed {settings['seeds'][0]}")
-        + ". A k-shot set "
-        f"has {'exactly k boxes' if settings['few_shot_unit'] == 'boxes' else 'k images'} per class, "
-        "drawn by the seed; zero-shot is the model as it is.",
-        "",
-        "| tuning | prompt | " + " | ".join(headers) + " |",
-        "|---|---|" + "---|" * len(headers),
-    ]
-    for row in report["table"]:
-        cells = []
-        for label in columns:
-            cell = row["cells"].get(label)
-            if cell is None:
-                cells.append("-")
-            elif cell["n"] > 1:
-                cells.append(f"{100 * cell['AP']:.1f} ± {100 * cell['AP_std']:.1f}")
-            else:
-                cells.append(f"{100 * cell['AP']:.1f}")
-        lines.append(f"| {MODE_LABELS[row['mode']]} | {VARIANT_LABELS[row['variant']]} | " + " | ".join(cells) + " |")
-    recipe = settings["recipe"]
-    steps = (f"{recipe['max_steps']} steps" if recipe["max_steps"]
-             else f"{recipe['epochs']} epochs (few-shot sets repeated as officially)")
-    if recipe.get("full_data_steps"):
-        steps += f" ({recipe['full_data_steps']} steps with full data)"
-    lines += [
-        "",
-        f"Each run: {steps} of {recipe['batch_size']} images, training sizes {recipe['min_sizes']}; "
-        f"training data `{settings['train']}` ({settings['train_images']} images). Per mode (lr, weight decay): "
-        + "; ".join(f"{mode} ({values['lr']:g}, {values['weight_decay']:g})"
-                    for mode, values in settings["mode_settings"].items())
-        + ".",
-    ]
-    if settings.get("prompts"):
-        lines.append(f"Descriptive prompts: `{settings['prompts']}`.")
-    tuned = sum(1 for run in report["runs"] if run["mode"] is not None)
-    lines += ["", f"{tuned} fine-tuning runs and {len(report['runs']) - tuned} zero-shot evaluations, "
-              f"{report['seconds'] / 60:.1f} min in all (`glip finetune study`, `src/glip/transfer/study.py`).", ""]
-    return "\n".join(lines)
+def _study_runs(plan: StudyPlan, variants: Sequence[tuple[str, ClassPrompts | None]]) -> list[_StudyRun]:
+    """Every entry in the order they run: the zero-shot evaluations, then the fine-tuning runs."""
+    runs = [_StudyRun(variant, prompts, None, 0, None) for variant, prompts in variants if 0 in plan.shots]
+    trained = [shots for shots in plan.shots if shots != 0]
+    for (variant, prompts), mode, shots, seed in itertools.product(variants, plan.modes, trained, plan.seeds):
+        runs.append(_StudyRun(variant, prompts, mode, shots, seed))
+    return runs
+
+
+def _variants(plan: StudyPlan, train_data: dict[str, Any]) -> list[tuple[str, ClassPrompts | None]]:
+    """The prompt variants: class names, and the descriptive prompts of the plan's file (checked)."""
+    variants: list[tuple[str, ClassPrompts | None]] = [("names", None)]
+    if plan.prompts is not None:
+        prompts = ClassPrompts.from_file(plan.prompts)
+        class_texts(train_data["categories"], prompts, str(plan.train.annotations))
+        variants.append(("descriptive", prompts))
+    return variants
+
+
+def _draw_subsets(recipe: FinetuneRecipe, plan: StudyPlan,
+                  train_data: dict[str, Any]) -> dict[tuple[int | None, int], dict[str, Any]]:
+    """The training data of every (shots, seed): its k-shot draw, or all of it; an impossible
+    draw fails here, before any training."""
+    subsets = {}
+    for shots, seed in itertools.product(plan.shots, plan.seeds):
+        if shots == 0:
+            continue
+        subsets[shots, seed] = train_data if shots is FULL else sample_few_shot(
+            train_data, shots, seed, recipe.few_shot_unit, str(plan.train.annotations))
+    return subsets
+
+
+def _tuned_run(recipe: FinetuneRecipe, plan: StudyPlan, run: _StudyRun, data: dict[str, Any], output_dir: Path,
+               label: str) -> dict[str, Any]:
+    """Fine-tune on ``data`` in the run's folder and return its record."""
+    assert run.mode is not None and run.seed is not None
+    run_dir = output_dir / "runs" / f"{run.variant}-{run.mode}-{run.amount}-seed{run.seed}"
+    shutil.rmtree(run_dir, ignore_errors=True)  # a run cut short before
+    result = run_on_data(recipe, run.mode, data, plan.train, run_dir, shots=run.shots, seed=run.seed,
+                         prompts=run.prompts, test_split=plan.test, label=label)
+    if not plan.keep_models:
+        shutil.rmtree(result.model_dir, ignore_errors=True)
+    assert result.metrics is not None
+    return record(run.variant, run.mode, run.shots, run.seed, result.metrics, seconds=result.seconds,
+                  steps=result.steps, train_images=result.train_images, train_boxes=result.train_boxes,
+                  run_dir=str(run_dir))
+
+
+class _StudyProgress:
+    """The study's progress lines on stderr: shown whatever the log level, between the runs' bars."""
+
+    def __init__(self, total: int, already_done: int) -> None:
+        self.total = total
+        self.remaining = total - already_done
+        self.seconds: list[float] = []
+
+    def announce(self, index: int, run: _StudyRun) -> None:
+        tqdm.write(f"run {index}/{self.total}: {run.describe()}", file=sys.stderr)
+
+    def finished(self, index: int, ap: float, seconds: float) -> None:
+        self.seconds.append(seconds)
+        self.remaining -= 1
+        left = self.remaining * sum(self.seconds) / len(self.seconds)
+        tqdm.write(f"run {index}/{self.total} done in {seconds:.0f} s: AP {ap:.4f}; {self.remaining} runs left, "
+                   f"about {left / 60:.1f} min", file=sys.stderr)
 
 
 def study_command(
@@ -295,11 +279,6 @@ def study_command(
     return run_study(recipe, plan, out, resume)
 
 
-# --------------------------------------------------------------------------------------------------
-# The report file
-# --------------------------------------------------------------------------------------------------
-
-
 def _settings(recipe: FinetuneRecipe, plan: StudyPlan, variants: Sequence[tuple[str, ClassPrompts | None]],
               train_data: dict[str, Any], test_data: dict[str, Any]) -> dict[str, Any]:
     """What the results depend on; a resumed study must have the same."""
@@ -323,71 +302,11 @@ def _settings(recipe: FinetuneRecipe, plan: StudyPlan, variants: Sequence[tuple[
     }
 
 
-def _start_report(path: Path, settings: dict[str, Any], resume: bool) -> dict[str, Any]:
-    if path.exists():
-        if not resume:
-            raise ValueError(f"--out: {path.parent} already holds a study ({path.name}); pass --resume to go on "
-                             "with it, or choose another folder")
-        try:
-            report = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as error:
-            raise ValueError(f"{path}: cannot read the study to resume: {error}") from error
-        if not isinstance(report, dict) or report.get("format") != FORMAT_NAME:
-            raise ValueError(f"{path}: not a study file (format {FORMAT_NAME!r})")
-        changed = _changed_settings(report.get("settings") or {}, json.loads(json.dumps(settings)))
-        if changed:
-            raise ValueError(f"--resume: the settings differ from those of {path} in: {', '.join(changed)}")
-        logger.info("resuming %s: %d runs done", path, len(report["runs"]))
-        return report
-    return {"format": FORMAT_NAME, "version": 1, "complete": False, "settings": settings, "runs": [], "seconds": 0.0}
-
-
-# Recipe values that change how a study runs, not its results: a resumed study may change them.
-_RUN_ONLY_SETTINGS = ("device", "num_threads", "num_workers", "log_every", "progress_bar", "keep_checkpoint",
-                      "eval_batch_size")
-
-
-def _changed_settings(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Names of the settings (``recipe.<key>`` for recipe values) that differ."""
-    changed = [key for key in sorted(set(saved) | set(current))
-               if key != "recipe" and saved.get(key) != current.get(key)]
-    saved_recipe, current_recipe = saved.get("recipe") or {}, current.get("recipe") or {}
-    changed += [f"recipe.{key}" for key in sorted(set(saved_recipe) | set(current_recipe))
-                if key not in _RUN_ONLY_SETTINGS and saved_recipe.get(key) != current_recipe.get(key)]
-    return changed
-
-
-def _record(variant: str, mode: str | None, shots: int | None, seed: int | None, metrics: dict[str, Any],
-            **extra: Any) -> dict[str, Any]:
-    return {
-        "variant": variant,
-        "mode": mode,
-        "shots": shots_label(shots),
-        "seed": seed,
-        **{name: metrics[name] for name in METRICS},
-        "per_category_AP": metrics.get("per_category_AP", {}),
-        **extra,
-    }
-
-
-def _run_key(run: dict[str, Any]) -> tuple[Any, ...]:
-    return run["variant"], run["mode"], run["shots"], run["seed"]
-
-
-def _save(output_dir: Path, report: dict[str, Any], started: float) -> None:
-    report["seconds"] = time.perf_counter() - started
-    write_json_atomic(output_dir / STUDY_JSON, report)
-
-
 __all__ = [
-    "FULL",
     "StudyPlan",
     "parse_modes",
     "parse_seeds",
     "parse_shots",
     "run_study",
-    "shots_label",
     "study_command",
-    "study_markdown",
-    "study_table",
 ]
