@@ -144,3 +144,90 @@ def test_text_padding_does_not_change_outputs(model: GLIP, image_path: Path) -> 
         torch.testing.assert_close(a[..., :length], b, atol=1e-4, rtol=1e-4)
     for a, b in zip(padded.box_regression, short.box_regression):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+# ------------------------------------------------------------------ defaults, options, bad images
+
+
+def test_inference_defaults_come_from_the_config(model: GLIP) -> None:
+    defaults = model.inference_defaults
+    # The official-format config of the tiny model: 800, no cap in our config (demo path).
+    assert model.config.input.max_size_test == 0
+    assert (defaults.min_size, defaults.max_size) == (model.config.input.min_size_test, 1333)
+    assert defaults.threshold == model.default_threshold
+    assert defaults.nms_threshold == model.config.postprocess.nms_threshold
+    assert defaults.max_detections == model.config.postprocess.detections_per_image
+    # A smaller min_size without max_size gets the cap of that size.
+    assert model.inference_options(min_size=224).max_size == 373
+
+
+def test_default_cap_bounds_an_elongated_image(model: GLIP) -> None:
+    batch = model.preprocess([np.zeros((2, 2000, 3), dtype=np.uint8), np.zeros((3, 4000, 3), dtype=np.uint8)])
+    assert batch.image_sizes == [(1, 1000), (1, 1333)]
+    uncapped = model.preprocess([np.zeros((4, 60, 3), dtype=np.uint8)], min_size=16, max_size=0)
+    assert uncapped.image_sizes == [(16, 240)]
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("threshold", 2.0), ("threshold", float("nan")), ("threshold", "high"), ("max_detections", 0),
+     ("nms_threshold", 0.0), ("min_size", 0), ("max_size", -1)],
+)
+def test_bad_options_are_named_before_any_work(model: GLIP, image_path: Path, option: str, value) -> None:
+    with pytest.raises((ValueError, TypeError), match=option):
+        model.predict([image_path], classes=["person"], **{option: value})
+
+
+def test_one_class_as_a_string_is_one_class(model: GLIP, image_path: Path) -> None:
+    (prompt,) = model.build_prompts(classes="person")
+    assert prompt.phrases == ["person"] and prompt.caption == "person . "
+    detections = model.predict(image_path, classes="person", threshold=0.0, min_size=128)
+    assert set(detections.phrases) == {"person"}
+
+
+def test_encode_prompt_takes_a_class_list(model: GLIP, image_path: Path) -> None:
+    encoded = model.encode_prompt(["person", "cup"])
+    assert encoded.prompt.phrases == ["person", "cup"]
+    assert model.encode_prompt("cup").prompt.phrases == ["cup"]
+    direct = model.predict(image_path, classes=["person", "cup"], threshold=0.0, min_size=128)
+    reused = model.predict_encoded(image_path, encoded, threshold=0.0, min_size=128)
+    assert torch.equal(direct.scores, reused.scores)
+
+
+def test_list_predict_survives_every_bad_image(model: GLIP, image_path: Path, tmp_path: Path, caplog) -> None:
+    from tests.test_processing import _png_declaring
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(_png_declaring(30000, 30000))
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    url = "http://example.com/a.jpg"
+    with caplog.at_level("ERROR", logger="glip.pipeline"):
+        results = model.predict([bomb, image_path, empty, url], classes=["person"], threshold=0.3, min_size=96)
+    assert results[0] is None and results[2] is None and results[3] is None
+    assert isinstance(results[1], Detections)
+    for name in ("bomb.png", "empty.png", "http://example.com/a.jpg"):
+        assert name in caplog.text
+    for single, message in ((bomb, "bomb.png"), (empty, "empty.png"), (url, "URLs are not supported")):
+        with pytest.raises(ValueError, match=message):
+            model.predict(single, classes=["person"])
+
+
+@pytest.mark.parametrize(("shape", "min_size"), [((1, 1), 1), ((1, 1), 40), ((1, 7), 1), ((3, 3), 64)])
+def test_tiny_image_gives_no_empty_boxes(model: GLIP, shape: tuple[int, int], min_size: int) -> None:
+    # At 1x1 px every box clips to the point (0, 0): the legacy +1 width calls it one pixel.
+    detections = model.predict(np.full((*shape, 3), 128, dtype=np.uint8), classes=["person", "cup"], threshold=0.0,
+                               min_size=min_size, max_detections=1000)
+    boxes = detections.boxes
+    assert bool((boxes[:, 2] > boxes[:, 0]).all()) and bool((boxes[:, 3] > boxes[:, 1]).all())
+
+
+def test_class_agnostic_nms_argument_gives_one_label_per_place(model: GLIP, image_path: Path) -> None:
+    from glip.modeling.postprocess import box_iou_legacy
+
+    per_label = model.predict(image_path, classes=["person", "astronaut"], threshold=0.0, min_size=96)
+    agnostic = model.predict(image_path, classes=["person", "astronaut"], threshold=0.0, min_size=96,
+                             class_agnostic_nms=True)
+    assert len(agnostic) < len(per_label)
+    iou = box_iou_legacy(agnostic.boxes, agnostic.boxes).fill_diagonal_(0)
+    assert float(iou.max()) <= model.config.postprocess.nms_threshold

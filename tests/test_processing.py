@@ -14,11 +14,13 @@ from PIL import Image
 from glip import quirks
 from glip.processing import (
     ImageBatch,
+    InferenceOptions,
     batch_images,
     build_class_prompts,
     build_grounding_prompt,
     class_list_caption,
     create_positive_map,
+    default_max_size,
     default_offline_vocab_dir,
     find_phrase_spans,
     image_to_tensor,
@@ -339,3 +341,140 @@ def test_class_prompts_bad_inputs(tokenizer) -> None:
         build_class_prompts(["cat", "very " * 40 + "long"], tokenizer, max_len=32)
     with pytest.raises(ValueError, match="max_labels_per_prompt"):
         build_class_prompts(["cat"], tokenizer, max_labels_per_prompt=0)
+
+
+# ------------------------------------------------------------------ size caps and refused images
+
+
+def _png_declaring(width: int, height: int) -> bytes:
+    """A PNG of a few dozen bytes whose header declares ``width x height`` (no pixel data)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
+def test_extreme_aspect_ratio_keeps_one_pixel_and_the_cap() -> None:
+    # 2000x2 at min_size 224 under the default cap 373: the shorter side would round to 0 px.
+    assert resized_size(2, 2000, 224, 373) == (1, 373)
+    assert resized_size(2000, 2, 224, 373) == (373, 1)
+    tensor, original = preprocess_image(_random_rgb(2, 2000), 224, 373)
+    assert original == (2, 2000) and tuple(tensor.shape) == (3, 1, 373)
+
+
+def test_default_cap_follows_the_official_test_ratio() -> None:
+    assert default_max_size(800) == 1333
+    assert default_max_size(224) == 373
+    assert default_max_size(800, config_max_size=1000) == 1000  # a config's own cap wins
+    # A 2000x2 image under the default cap stays tiny (uncapped it would be 224 x 224000).
+    assert resized_size(2, 2000, 224, default_max_size(224)) == (1, 373)
+
+
+def test_url_is_refused_with_advice() -> None:
+    with pytest.raises(ValueError, match="URLs are not supported: download the image first"):
+        load_image("https://example.com/cat.jpg")
+
+
+def test_empty_file_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "empty.png"
+    path.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"empty\.png.*empty \(0 bytes\)"):
+        load_image(path)
+
+
+def test_decompression_bomb_is_a_value_error_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.png"
+    path.write_bytes(_png_declaring(30000, 30000))
+    assert path.stat().st_size < 100
+    with pytest.raises(ValueError, match=r"bomb\.png.*decompression bomb"):
+        load_image(path)
+
+
+def test_large_photo_between_pil_limits_loads(tmp_path: Path, monkeypatch) -> None:
+    """PIL only warns between MAX_IMAGE_PIXELS and twice that (a 12000x9000 photo with the default
+    limit); such a file loads, even where warnings are errors. Scaled down: limit 1000 px."""
+    import warnings
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    path = tmp_path / "large.png"
+    Image.fromarray(_random_rgb(30, 40)).save(path)  # 1200 px: between 1000 and 2000
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_image(path).size == (40, 30)
+
+
+# ---------------------------------------------------------------------- options and prompt checks
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "message"),
+    [
+        ({"threshold": 1.5}, ValueError, "threshold"),
+        ({"threshold": float("nan")}, ValueError, "threshold"),
+        ({"threshold": "0.5"}, TypeError, "threshold"),
+        ({"max_detections": 0}, ValueError, "max_detections"),
+        ({"max_detections": 2.5}, TypeError, "max_detections"),
+        ({"nms_threshold": 0.0}, ValueError, "nms_threshold"),
+        ({"nms_threshold": 1.2}, ValueError, "nms_threshold"),
+        ({"min_size": 0}, ValueError, "min_size"),
+        ({"max_size": -1}, ValueError, "max_size"),
+    ],
+)
+def test_inference_options_name_the_bad_option(overrides: dict, error: type, message: str) -> None:
+    defaults = InferenceOptions(min_size=800, max_size=1333, threshold=0.7, nms_threshold=0.6, max_detections=100)
+    with pytest.raises(error, match=message):
+        defaults.with_overrides(**overrides)
+    assert defaults.with_overrides(threshold=None, max_detections=5).max_detections == 5
+
+
+@pytest.mark.parametrize(
+    ("section", "values", "message"),
+    [
+        ("postprocess", {"nms_threshold": 1.5}, "postprocess.nms_threshold"),
+        ("postprocess", {"score_threshold": -0.1}, "postprocess.score_threshold"),
+        ("postprocess", {"detections_per_image": 0}, "postprocess.detections_per_image"),
+        ("input", {"min_size_test": 0}, "input.min_size_test"),
+        ("input", {"max_size_test": -5}, "input.max_size_test"),
+    ],
+)
+def test_config_json_values_are_checked(section: str, values: dict, message: str) -> None:
+    from glip.config import GLIPConfig
+
+    with pytest.raises(ValueError, match=message):
+        GLIPConfig.from_dict({section: values})
+
+
+def test_float_and_reversed_spans_are_refused(tokenizer) -> None:
+    with pytest.raises(TypeError, match=r"spans\[0\].*integer"):
+        build_grounding_prompt("a red flag", [(2.0, 5)], tokenizer)
+    with pytest.raises(ValueError, match=r"spans\[1\].*begin < end"):
+        build_grounding_prompt("a red flag", [(2, 5), (9, 6)], tokenizer)
+    with pytest.raises(ValueError, match=r"spans\[0\].*10 characters"):
+        build_grounding_prompt("a red flag", [(2, 11)], tokenizer)
+
+
+def test_unscorable_phrases_are_warned(tokenizer, caplog) -> None:
+    with caplog.at_level("WARNING", logger="glip.processing"):
+        prompt = build_class_prompts(["cat", "\u200b"], tokenizer)[0]
+    assert prompt.positive_map[1].sum() == 0
+    assert "'\\u200b'" in caplog.text and "never be detected" in caplog.text
+    caplog.clear()
+    # A span past the token limit: the map is 8 tokens wide, "flag" is token 9.
+    caption = "one two three four five six seven eight flag"
+    with caplog.at_level("WARNING", logger="glip.processing"):
+        build_grounding_prompt(caption, [(0, 3), (40, 44)], tokenizer, max_len=8)
+    assert "'flag'" in caplog.text and "'one'" not in caplog.text
+
+
+def test_long_user_text_is_cut_in_messages(tokenizer) -> None:
+    huge = " ".join(["word"] * 1000)
+    with pytest.raises(ValueError) as error:
+        build_class_prompts([huge], tokenizer, max_len=64)
+    assert len(str(error.value)) < 200 and "..." in str(error.value)
+    with pytest.raises(ValueError) as error:
+        find_phrase_spans(huge, ["absent"])
+    assert len(str(error.value)) < 250

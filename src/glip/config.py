@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class SwinConfig:
@@ -116,6 +118,17 @@ class PostProcessConfig:
     detections_per_image: int = 100
     # How token scores are combined into one score per phrase: "MEAN" (README test command) or "MAX".
     score_aggregation: str = "MEAN"
+    # NMS across labels too (not official: ``ml_nms`` is per label). A model that gives several
+    # labels to one object (GLIP-Nano on similar shapes) keeps only the best of them.
+    class_agnostic_nms: bool = False
+
+    def __post_init__(self) -> None:
+        check_fraction("postprocess.score_threshold", self.score_threshold)
+        check_fraction("postprocess.nms_threshold", self.nms_threshold, open_low=True)
+        check_int("postprocess.pre_nms_top_n", self.pre_nms_top_n, minimum=1)
+        check_int("postprocess.detections_per_image", self.detections_per_image, minimum=1)
+        if self.score_aggregation not in ("MEAN", "MAX"):
+            raise ValueError(f"postprocess.score_aggregation must be 'MEAN' or 'MAX', got {self.score_aggregation!r}")
 
 
 @dataclass(frozen=True)
@@ -125,9 +138,15 @@ class InputConfig:
     pixel_mean: tuple[float, float, float] = (103.53, 116.28, 123.675)
     pixel_std: tuple[float, float, float] = (57.375, 57.12, 58.395)
     min_size_test: int = 800
-    # 0 = no cap (the official demo path); evaluation uses 1333.
+    # 0 = no cap in the config (the official demo path; evaluation uses 1333). ``GLIP`` still caps
+    # the longer side at 1333 * min_size / 800 then (``processing.default_max_size``).
     max_size_test: int = 0
     size_divisibility: int = 32
+
+    def __post_init__(self) -> None:
+        check_int("input.min_size_test", self.min_size_test, minimum=1)
+        check_int("input.max_size_test", self.max_size_test, minimum=0)
+        check_int("input.size_divisibility", self.size_divisibility, minimum=0)
 
 
 @dataclass(frozen=True)
@@ -215,6 +234,24 @@ def _coerce(value: Any, spec: dataclasses.Field, where: str) -> Any:
             raise TypeError(f"{where}: expected a mapping, got {value!r}")
         return dict(value)
     return value
+
+
+def check_fraction(name: str, value: Any, open_low: bool = False) -> None:
+    """Raise unless ``value`` is a real number in ``[0, 1]`` (``(0, 1]`` if ``open_low``); the
+    message names the option ``name``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    inside = (0 < value if open_low else 0 <= value) and value <= 1  # False for NaN
+    if not inside:
+        raise ValueError(f"{name} must be in {'(0' if open_low else '[0'}, 1], got {value!r}")
+
+
+def check_int(name: str, value: Any, minimum: int) -> None:
+    """Raise unless ``value`` is an integer >= ``minimum``; the message names the option ``name``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
 
 
 BACKBONES: tuple[str, ...] = ("swin", "efficientnet_lite0")

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from glip.config import GLIPConfig
+from glip.config import GLIPConfig, check_int
 from glip.hub import loading
 from glip.hub.convert import check_state_dict
 from glip.hub.pretrained_parts import LANGUAGE_PREFIX, MINILM_SOURCE, minilm_state_dict
@@ -24,12 +24,15 @@ from glip.modeling.postprocess import Detections, GroundingPostProcessor
 from glip.processing import (
     ImageBatch,
     ImageInput,
+    InferenceOptions,
     Prompt,
     build_class_prompts,
     build_grounding_prompt,
+    default_max_size,
     default_offline_vocab_dir,
     load_tokenizer,
     preprocess_images,
+    shorten,
     tokenize_captions,
 )
 
@@ -176,11 +179,15 @@ class GLIP(GLIPModel):
 
     def build_prompts(
         self,
-        classes: Sequence[str] | None = None,
+        classes: str | Sequence[str] | None = None,
         caption: str | None = None,
         spans: Sequence[tuple[int, int] | Sequence[tuple[int, int]]] | None = None,
     ) -> list[Prompt]:
         """Prompts for a class list (split into chunks past the token limit) or a caption.
+
+        ``classes`` is a list of names or one name as a ``str``. A class or span that no token
+        within the limit covers is kept (labels stay in order) with a logged warning: it can
+        never be detected.
 
         A prompt-tuned model defaults to the classes it was tuned for; its offsets belong to the
         token positions of that prompt, so another prompt gets a warning.
@@ -191,6 +198,8 @@ class GLIP(GLIPModel):
             classes = tuned
         if (classes is None) == (caption is None):
             raise ValueError("give exactly one of classes= (detection) or caption= (grounding)")
+        if isinstance(classes, str):
+            classes = [classes]  # one class name, not a list of characters
         if tuned is not None and (classes is None or tuple(classes) != tuned):
             logger.warning("this model's prompt offsets were tuned for the classes %s; they are added to the "
                            "tokens of this other prompt as well", list(tuned))
@@ -203,21 +212,71 @@ class GLIP(GLIPModel):
         if spans is None:
             spans = noun_phrase_spans(caption)
             if not spans:
-                raise ValueError(f"no noun phrase found in caption {caption!r}; pass spans=[(start, end), ...]")
+                raise ValueError(f"no noun phrase found in caption {shorten(caption)}; pass spans=[(start, end), ...]")
         return [build_grounding_prompt(caption, spans, self.tokenizer, max_len)]
 
     @torch.no_grad()
-    def encode_prompt(self, prompt: Prompt) -> EncodedPrompt:
-        """Tokenise and run BERT once; reuse the result for any number of images."""
+    def encode_prompt(self, prompt: Prompt | str | Sequence[str]) -> EncodedPrompt:
+        """Tokenise and run BERT once; reuse the result for any number of images.
+
+        Args:
+            prompt: a :class:`Prompt` (from :meth:`build_prompts`), one class name (a ``str``) or a
+                list of class names. A class list too long for one prompt raises: use
+                :meth:`encode_prompts`, which splits it.
+        """
+        if not isinstance(prompt, Prompt):
+            prompts = self.build_prompts(classes=prompt)
+            if len(prompts) > 1:
+                raise ValueError(f"the {len(prompt)} classes need {len(prompts)} prompts of at most "
+                                 f"{self.config.language.max_query_len} tokens: use encode_prompts(classes=...)")
+            prompt = prompts[0]
         tokens = tokenize_captions([prompt.caption], self.tokenizer, self.config.language.max_query_len)
         tokens = tokens.to(self.device)
         return EncodedPrompt(prompt, self.encode_text(tokens.input_ids, tokens.attention_mask))
+
+    def encode_prompts(
+        self,
+        classes: str | Sequence[str] | None = None,
+        caption: str | None = None,
+        spans: Sequence[tuple[int, int] | Sequence[tuple[int, int]]] | None = None,
+    ) -> list[EncodedPrompt]:
+        """:meth:`build_prompts` then :meth:`encode_prompt` of each: what :meth:`predict_encoded` takes."""
+        return [self.encode_prompt(prompt) for prompt in self.build_prompts(classes, caption, spans)]
+
+    @property
+    def inference_defaults(self) -> InferenceOptions:
+        """The settings ``predict`` uses when a call leaves them out (``None``), from the config.
+
+        ``min_size`` / ``max_size``: the config's ``min_size_test`` and ``max_size_test``; a config
+        without a cap (0) still gets one, ``round(1333 * min_size / 800)`` (the official test
+        ratio; :func:`glip.processing.default_max_size`). ``threshold``: the model's default
+        (0.7 for official models, as the official demo). NMS, detections per image and
+        class-agnostic NMS: the config's ``postprocess`` section.
+        """
+        settings, image = self.config.postprocess, self.config.input
+        return InferenceOptions(
+            min_size=image.min_size_test,
+            max_size=default_max_size(image.min_size_test, image.max_size_test),
+            threshold=self.default_threshold,
+            nms_threshold=settings.nms_threshold,
+            max_detections=settings.detections_per_image,
+            class_agnostic_nms=settings.class_agnostic_nms,
+        )
+
+    def inference_options(self, **overrides: Any) -> InferenceOptions:
+        """:attr:`inference_defaults` with the options given as non-None, checked (an error names
+        the option). A ``min_size`` given without ``max_size`` keeps the config's cap, or, for a
+        config without one, gets the cap of that ``min_size`` (1333 / 800 of it)."""
+        if overrides.get("min_size") is not None and overrides.get("max_size") is None:
+            check_int("min_size", overrides["min_size"], minimum=1)
+            overrides["max_size"] = default_max_size(overrides["min_size"], self.config.input.max_size_test)
+        return self.inference_defaults.with_overrides(**overrides)
 
     @torch.no_grad()
     def predict(
         self,
         images: ImageInput | Sequence[ImageInput],
-        classes: Sequence[str] | None = None,
+        classes: str | Sequence[str] | None = None,
         caption: str | None = None,
         spans: Sequence[tuple[int, int] | Sequence[tuple[int, int]]] | None = None,
         threshold: float | None = None,
@@ -225,39 +284,50 @@ class GLIP(GLIPModel):
         max_detections: int | None = None,
         min_size: int | None = None,
         max_size: int | None = None,
+        class_agnostic_nms: bool | None = None,
     ) -> Detections | list[Detections | None]:
         """Detect the classes (or ground the caption's phrases) in one image or a list of images.
 
+        Every option left ``None`` takes the model's value (:attr:`inference_defaults`).
+
         Args:
-            images: a path, PIL image or ``[H, W, 3]`` RGB uint8 array, or a list of them.
-            classes: class names; the prompt is ``"a . b . "`` and labels are 1-based in this order
+            images: a path, PIL image or ``[H, W, 3]`` RGB uint8 array, or a list of them. URLs are
+                refused (download the image first).
+            classes: a list of class names, or one class name as a ``str`` (never split into
+                characters); the prompt is ``"a . b . "`` and labels are 1-based in this order
                 (default for a prompt-tuned model: the classes it was tuned for).
             caption: free text to ground, with ``spans``: character ranges ``(start, end)`` of the
                 phrases (or a list of ranges per phrase); without spans, noun phrases are used.
-            threshold: keep detections scoring above it (default: the model's, 0.7 for official
-                models as in the official demo).
-            nms_threshold: IoU threshold of the per-label NMS (official 0.6).
-            max_detections: detections kept per image before thresholding (official 100).
-            min_size / max_size: shorter-side resize and optional cap on the longer side
-                (default: the official demo's 800, no cap).
+            threshold: keep detections scoring above it, in [0, 1] (default: the model's, 0.7 for
+                official models as in the official demo).
+            nms_threshold: IoU threshold of the NMS, in (0, 1] (official 0.6).
+            max_detections: detections kept per image before thresholding, > 0 (official 100).
+            min_size: shorter side of the resized image (official models: 800).
+            max_size: cap of the longer side; when it binds, the shorter side shrinks so that the
+                longer one fits (as the official test resize). Default: the config's cap, or
+                ``round(1333 * min_size / 800)`` for a config without one, so that no image can
+                exhaust memory (the official demo has no cap; pass ``max_size=0`` for that).
+                A very elongated image keeps a shorter side of at least 1 px.
+            class_agnostic_nms: NMS across labels too, so that an object gets a single label
+                (default: the config's; off for official models, on for GLIP-Nano).
 
         Returns:
-            One :class:`Detections` (boxes in original pixels) for a single image; for a list, one
-            per image, with ``None`` (and a logged error) for an image that could not be read.
+            One :class:`Detections` (boxes in original pixels) for a single image, which raises if
+            it cannot be read (the error names the file); for a list, one per image, with ``None``
+            (and a logged error naming the file) for an image that could not be read.
         """
-        single = not isinstance(images, (list, tuple))
-        items = [images] if single else list(images)
-        prompts = [self.encode_prompt(prompt) for prompt in self.build_prompts(classes, caption, spans)]
-        options = dict(threshold=threshold, nms_threshold=nms_threshold, max_detections=max_detections,
-                       min_size=min_size, max_size=max_size)
-        if single:
-            return self.predict_encoded(images, prompts, **options)
+        options = self.inference_options(threshold=threshold, nms_threshold=nms_threshold,
+                                         max_detections=max_detections, min_size=min_size, max_size=max_size,
+                                         class_agnostic_nms=class_agnostic_nms)
+        prompts = self.encode_prompts(classes, caption, spans)
+        if not isinstance(images, (list, tuple)):
+            return self._predict_one(images, prompts, options)
         results: list[Detections | None] = []
-        for index, item in enumerate(items):
+        for index, item in enumerate(images):
             try:
-                results.append(self.predict_encoded(item, prompts, **options))
+                results.append(self._predict_one(item, prompts, options))
             except (OSError, ValueError, TypeError) as error:
-                logger.error("image %d skipped: %s", index, error)
+                logger.error("image %d (%s) skipped: %s", index, _describe(item), error)
                 results.append(None)
         return results
 
@@ -265,20 +335,27 @@ class GLIP(GLIPModel):
     def predict_encoded(
         self,
         image: ImageInput,
-        prompts: Sequence[EncodedPrompt],
+        prompts: EncodedPrompt | Sequence[EncodedPrompt],
         threshold: float | None = None,
         nms_threshold: float | None = None,
         max_detections: int | None = None,
         min_size: int | None = None,
         max_size: int | None = None,
+        class_agnostic_nms: bool | None = None,
     ) -> Detections:
-        """:meth:`predict` for one image and prompts already encoded by :meth:`encode_prompt`."""
-        batch = self.preprocess([image], min_size, max_size)
-        postprocessor = self.postprocessor(nms_threshold, max_detections)
+        """:meth:`predict` for one image and prompts already encoded by :meth:`encode_prompts`."""
+        options = self.inference_options(threshold=threshold, nms_threshold=nms_threshold,
+                                         max_detections=max_detections, min_size=min_size, max_size=max_size,
+                                         class_agnostic_nms=class_agnostic_nms)
+        return self._predict_one(image, [prompts] if isinstance(prompts, EncodedPrompt) else prompts, options)
+
+    def _predict_one(self, image: ImageInput, prompts: Sequence[EncodedPrompt], options: InferenceOptions) -> Detections:
+        batch = self.preprocess([image], options.min_size, options.max_size)
+        postprocessor = self.postprocessor(options.nms_threshold, options.max_detections, options.class_agnostic_nms)
         detections = self.detect_batch(
             batch.pixels.to(self.device), batch.image_sizes, prompts, postprocessor, batch.original_sizes
         )[0]
-        return detections.above(self.default_threshold if threshold is None else threshold)
+        return detections.above(options.threshold)
 
     def preprocess(
         self, images: Sequence[ImageInput], min_size: int | None = None, max_size: int | None = None
@@ -286,27 +363,31 @@ class GLIP(GLIPModel):
         """Load, resize, normalise and pad images as this model expects.
 
         Args:
-            min_size / max_size: shorter-side size and optional cap of the longer side; default the
-                config's test sizes (the official demo's 800, no cap, for official models).
+            min_size / max_size: shorter-side size and cap of the longer side (0: no cap); default
+                as :meth:`predict` (:attr:`inference_defaults`).
         """
+        options = self.inference_options(min_size=min_size, max_size=max_size)
         return preprocess_images(
             images,
-            min_size or self.config.input.min_size_test,
-            max_size if max_size is not None else (self.config.input.max_size_test or None),
+            options.min_size,
+            options.max_size or None,
             size_divisibility=self.config.input.size_divisibility,
             pixel_mean=self.config.input.pixel_mean,
             pixel_std=self.config.input.pixel_std,
         )
 
     def postprocessor(
-        self, nms_threshold: float | None = None, max_detections: int | None = None
+        self,
+        nms_threshold: float | None = None,
+        max_detections: int | None = None,
+        class_agnostic_nms: bool | None = None,
     ) -> GroundingPostProcessor:
         """The decoder of raw outputs, with the config's settings unless overridden."""
-        settings = self.config.postprocess
-        if nms_threshold is not None:
-            settings = dataclasses.replace(settings, nms_threshold=nms_threshold)
-        if max_detections is not None:
-            settings = dataclasses.replace(settings, detections_per_image=max_detections)
+        options = self.inference_options(nms_threshold=nms_threshold, max_detections=max_detections,
+                                         class_agnostic_nms=class_agnostic_nms)
+        settings = dataclasses.replace(self.config.postprocess, nms_threshold=options.nms_threshold,
+                                       detections_per_image=options.max_detections,
+                                       class_agnostic_nms=options.class_agnostic_nms)
         return GroundingPostProcessor.from_config(settings, num_label_columns=self.config.head.num_classes)
 
     @torch.no_grad()
@@ -315,18 +396,25 @@ class GLIP(GLIPModel):
         pixels: Tensor,
         image_sizes: Sequence[tuple[int, int]],
         prompts: Sequence[EncodedPrompt],
-        postprocessor: GroundingPostProcessor,
+        postprocessor: GroundingPostProcessor | None = None,
         original_sizes: Sequence[tuple[int, int]] | None = None,
     ) -> list[Detections]:
         """Detections for a padded batch against prompts that share one label space.
 
         The image backbone and FPN run once; fusion and head run per prompt chunk. Chunk results
-        are merged and the best ``detections_per_image`` kept.
+        are merged and the best ``detections_per_image`` kept. No score threshold is applied
+        (evaluations need every detection): ``.above(model.inference_defaults.threshold)`` gives
+        what ``predict`` returns.
 
         Args:
-            pixels: ``[B, 3, H, W]`` normalised, zero-padded images.
+            pixels: ``[B, 3, H, W]`` normalised, zero-padded images (from :meth:`preprocess`).
             image_sizes: per image ``(h, w)`` after resizing, before padding.
+            prompts: from :meth:`encode_prompts`.
+            postprocessor: default :meth:`postprocessor` (the config's settings).
+            original_sizes: per image ``(H0, W0)``; boxes are rescaled to it (None: resized pixels).
         """
+        if postprocessor is None:
+            postprocessor = self.postprocessor()
         per_image = self.detect_batch_per_prompt(pixels, image_sizes, prompts, postprocessor, original_sizes)
         if len(prompts) == 1:
             return [chunks[0] for chunks in per_image]
@@ -375,6 +463,13 @@ class GLIP(GLIPModel):
                 )
             )
         return [list(per_image) for per_image in zip(*per_prompt)]
+
+
+def _describe(image: Any) -> str:
+    """How a log line names an input image: its path, or its type."""
+    if isinstance(image, (str, Path)):
+        return str(image)
+    return type(image).__name__
 
 
 def merge_detections(parts: Sequence[Detections], limit: int) -> Detections:

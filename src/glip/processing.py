@@ -13,9 +13,12 @@ characters, and the positive map row of a phrase spreads a unit mass over those 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.resources
 import logging
 import math
+import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +31,7 @@ from torch import Tensor
 from transformers import BatchEncoding, BertTokenizerFast
 
 from glip import quirks
+from glip.config import check_fraction, check_int
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +39,18 @@ ImageInput = Union[str, Path, Image.Image, np.ndarray]
 
 # PIL modes that hold more than 8 bits per sample; they are scaled to 8 bits instead of being clipped.
 _HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+# "http://...", "s3://...": a path string that is really a URL.
+_URL_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+# User text quoted in error messages is cut to this many characters.
+QUOTE_LIMIT = 80
+
+
+def shorten(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """``repr`` of user text for a message, cut to ``limit`` characters + "..." (a 1000-word class
+    name must not make a 7000-character error)."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
 
 
 # --------------------------------------------------------------------------------------------------
@@ -69,10 +85,14 @@ def load_image(image: ImageInput, *, exif_transpose: bool = True, channel_order:
 
     Raises:
         FileNotFoundError: the path does not exist.
-        ValueError: the file is not a readable image, is truncated or corrupt, or the array has an
-            unsupported shape or dtype.
+        ValueError: the path is a URL; the file is empty, not a readable image, truncated or
+            corrupt, or declares more pixels than PIL's decompression-bomb limit
+            (``Image.MAX_IMAGE_PIXELS``, twice which PIL refuses); the array has an unsupported
+            shape or dtype.
         TypeError: ``image`` is of another type.
     """
+    if isinstance(image, str) and _URL_PATTERN.match(image):
+        raise ValueError(f"URLs are not supported: download the image first ({shorten(image)})")
     if isinstance(image, (str, Path)):
         return _load_image_file(Path(image), exif_transpose)
     if isinstance(image, Image.Image):
@@ -89,11 +109,19 @@ def _load_image_file(path: Path, exif_transpose: bool) -> Image.Image:
         raise FileNotFoundError(f"image file not found: {path}")
     if path.is_dir():
         raise ValueError(f"cannot read image {path}: it is a directory")
+    if path.stat().st_size == 0:
+        raise ValueError(f"cannot read image {path}: the file is empty (0 bytes)")
     try:
-        with Image.open(path) as opened:
-            # Decode now, inside the try: PIL opens lazily and a truncated file only fails here.
-            opened.load()
-            image = ImageOps.exif_transpose(opened) if exif_transpose else opened.copy()
+        with warnings.catch_warnings():
+            # Between MAX_IMAGE_PIXELS and twice that (e.g. a 12000x9000 photo) PIL only warns: such
+            # an image is resized at once, and the resize caps its size, so it is read.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as opened:
+                # Decode now, inside the try: PIL opens lazily and a truncated file only fails here.
+                opened.load()
+                image = ImageOps.exif_transpose(opened) if exif_transpose else opened.copy()
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"cannot read image {path}: refused as a decompression bomb ({error})") from error
     except UnidentifiedImageError as error:
         raise ValueError(f"cannot read image {path}: not a recognised image format") from error
     except (OSError, SyntaxError, ValueError) as error:
@@ -157,6 +185,10 @@ def resized_size(height: int, width: int, min_size: int, max_size: int | None = 
     ``data/transforms/transforms.py:Resize.get_size``), ``min_size`` is first lowered to
     ``int(round(max_size * short / long))`` when the longer side would exceed ``max_size``.
 
+    Extreme aspect ratios (not handled by the official code): when the cap brings the shorter side
+    to 1 px or rounds it to 0, it is kept at 1 px and the longer side is cut to ``max_size``, so
+    the aspect ratio is not kept exactly but the image stays within ``1 x max_size`` pixels.
+
     Args:
         height, width: input size in pixels.
         min_size: target length of the shorter side.
@@ -166,13 +198,73 @@ def resized_size(height: int, width: int, min_size: int, max_size: int | None = 
         raise ValueError(f"min_size must be positive, got {min_size}")
     short, long = (width, height) if width <= height else (height, width)
     size = min_size
-    if max_size:
-        if long / short * size > max_size:
-            size = int(round(max_size * short / long))
+    if max_size and long / short * size > max_size:
+        size = int(round(max_size * short / long))
+        if size <= 1:
+            # Degenerate only: an ordinary image keeps the official rounding, which may pass the
+            # cap by a fraction of a pixel.
+            new_long = min(int(long / short), max_size)
+            return (new_long, 1) if width <= height else (1, new_long)
     if short == size:
         return height, width
     new_long = int(size * long / short)
     return (new_long, size) if width <= height else (size, new_long)
+
+
+# The official test resize (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST of every released config).
+OFFICIAL_MIN_SIZE_TEST = 800
+OFFICIAL_MAX_SIZE_TEST = 1333
+
+
+def default_max_size(min_size: int, config_max_size: int = 0) -> int:
+    """The cap of the longer side when the caller sets none: the config's ``max_size_test`` if it
+    has one, else the official test ratio 1333 / 800 applied to ``min_size`` (1333 at 800, 373 at
+    224). Without a cap a 2000x2 image (92 bytes as PNG) would become 224x224000 and need 12 GiB;
+    with it no image exceeds ``min_size x 1.67 min_size`` pixels (about 1 megapixel at 800)."""
+    if config_max_size > 0:
+        return config_max_size
+    return max(min_size, int(round(OFFICIAL_MAX_SIZE_TEST * min_size / OFFICIAL_MIN_SIZE_TEST)))
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """The settings of one ``predict`` call, checked on construction (errors name the option).
+
+    ``GLIP.inference_defaults`` holds a model's defaults (from its config); ``with_overrides``
+    replaces the fields a caller sets, so a CLI or an evaluation can pass ``None`` for "default"
+    and print the real values.
+
+    Attributes:
+        min_size: shorter side of the resized image, pixels (> 0).
+        max_size: cap of the longer side (> 0; 0 = no cap, only when a caller asks for it).
+        threshold: detections scoring above it are returned, in [0, 1].
+        nms_threshold: IoU above which NMS suppresses a box, in (0, 1].
+        max_detections: detections kept per image before thresholding (> 0).
+        class_agnostic_nms: NMS across labels too (one label per object).
+    """
+
+    min_size: int
+    max_size: int
+    threshold: float
+    nms_threshold: float
+    max_detections: int
+    class_agnostic_nms: bool = False
+
+    def __post_init__(self) -> None:
+        check_int("min_size", self.min_size, minimum=1)
+        check_int("max_size", self.max_size, minimum=0)
+        check_fraction("threshold", self.threshold)
+        check_fraction("nms_threshold", self.nms_threshold, open_low=True)
+        check_int("max_detections", self.max_detections, minimum=1)
+        if not isinstance(self.class_agnostic_nms, (bool, np.bool_)):
+            raise TypeError(f"class_agnostic_nms must be True or False, got {self.class_agnostic_nms!r}")
+
+    def with_overrides(self, **overrides: object) -> InferenceOptions:
+        """A copy with the fields given as non-None replaced (and checked)."""
+        unknown = sorted(set(overrides) - {field.name for field in dataclasses.fields(self)})
+        if unknown:
+            raise TypeError(f"unknown inference options {unknown}")
+        return dataclasses.replace(self, **{name: value for name, value in overrides.items() if value is not None})
 
 
 def image_to_tensor(
@@ -440,7 +532,7 @@ def find_phrase_spans(caption: str, phrases: Sequence[str]) -> list[Span]:
     for phrase in phrases:
         begin = caption.find(phrase) if phrase else -1
         if begin < 0:
-            raise ValueError(f"phrase {phrase!r} does not occur in caption {caption!r}")
+            raise ValueError(f"phrase {shorten(phrase)} does not occur in caption {shorten(caption)}")
         spans.append((begin, begin + len(phrase)))
     return spans
 
@@ -487,18 +579,37 @@ def create_positive_map(encoding: BatchEncoding, spans: Sequence[Sequence[Span]]
     return positive_map / (positive_map.sum(-1)[:, None] + quirks.POSITIVE_MAP_EPS)
 
 
+def _is_index(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
 def _normalise_spans(spans: Sequence[Span | Sequence[Span]]) -> list[list[Span]]:
-    """Accept one span per phrase ``(b, e)`` or a list of spans per phrase ``[(b, e), ...]``."""
+    """Accept one span per phrase ``(b, e)`` or a list of spans per phrase ``[(b, e), ...]``;
+    character positions must be integers (a float such as 2.0 is an error, not rounded)."""
+    if isinstance(spans, str) or not isinstance(spans, Sequence):
+        raise TypeError(f"spans must be a list of (begin, end) pairs, got {spans!r}")
     normalised = []
     for index, item in enumerate(spans):
-        if len(item) == 2 and all(isinstance(value, (int, np.integer)) for value in item):
-            normalised.append([(int(item[0]), int(item[1]))])
-        else:
-            phrase_spans = [(int(begin), int(end)) for begin, end in item]
-            if not phrase_spans:
-                raise ValueError(f"spans[{index}] is empty")
-            normalised.append(phrase_spans)
+        if isinstance(item, str) or not isinstance(item, Sequence):
+            raise TypeError(f"spans[{index}] must be a (begin, end) pair or a list of them, got {item!r}")
+        pairs = [item] if len(item) == 2 and not isinstance(item[0], Sequence) else list(item)
+        if not pairs:
+            raise ValueError(f"spans[{index}] is empty")
+        for pair in pairs:
+            if isinstance(pair, str) or not isinstance(pair, Sequence) or len(pair) != 2 \
+                    or not all(_is_index(value) for value in pair):
+                raise TypeError(f"spans[{index}]: a span is a pair of integer character positions, got {pair!r}")
+        normalised.append([(int(begin), int(end)) for begin, end in pairs])
     return normalised
+
+
+def warn_unscorable_phrases(prompt: Prompt, max_len: int) -> None:
+    """Log a warning for each phrase that can never be detected: no token covers it (e.g. a class
+    "\u200b" that the tokenizer drops) or its tokens lie beyond the ``max_len`` token limit."""
+    for phrase, row in zip(prompt.phrases, prompt.positive_map):
+        if not bool((row > 0).any()):
+            logger.warning("phrase %s has no token within the %d-token limit (it tokenises to nothing or lies "
+                           "beyond the limit): it can never be detected", shorten(phrase), max_len)
 
 
 def build_grounding_prompt(
@@ -524,7 +635,8 @@ def build_grounding_prompt(
     for index, span_list in enumerate(phrase_spans):
         for begin, end in span_list:
             if not 0 <= begin < end <= len(caption):
-                raise ValueError(f"spans[{index}] = ({begin}, {end}) is not a non-empty range of the caption")
+                raise ValueError(f"spans[{index}] = ({begin}, {end}) is not a non-empty range (begin < end) of "
+                                 f"the caption, which has {len(caption)} characters")
     if label_ids is None:
         label_ids = range(1, len(phrase_spans) + 1)
     label_ids = [int(label) for label in label_ids]
@@ -532,13 +644,15 @@ def build_grounding_prompt(
         raise ValueError(f"{len(label_ids)} label_ids for {len(phrase_spans)} phrases")
     encoding = tokenizer(caption)
     phrases = [" ".join(caption[begin:end] for begin, end in span_list) for span_list in phrase_spans]
-    return Prompt(
+    prompt = Prompt(
         caption=caption,
         phrases=phrases,
         spans=phrase_spans,
         label_ids=label_ids,
         positive_map=create_positive_map(encoding, phrase_spans, max_len),
     )
+    warn_unscorable_phrases(prompt, max_len)
+    return prompt
 
 
 def build_class_prompts(
@@ -568,7 +682,8 @@ def build_class_prompts(
         raise ValueError("classes is empty")
     for index, name in enumerate(classes):
         if not isinstance(name, str) or not name.strip():
-            raise ValueError(f"classes[{index}] must be a non-empty string, got {name!r}")
+            raise ValueError(f"classes[{index}] must be a non-empty string, got "
+                             f"{shorten(name) if isinstance(name, str) else repr(name)}")
     if max_labels_per_prompt is not None and max_labels_per_prompt < 1:
         raise ValueError(f"max_labels_per_prompt must be >= 1, got {max_labels_per_prompt}")
 
@@ -596,7 +711,7 @@ def build_class_prompts(
                 break
             if end - start == 1:
                 raise ValueError(
-                    f"class {classes[start]!r} alone needs {len(encoding['input_ids'])} tokens, "
+                    f"class {shorten(classes[start])} alone needs {len(encoding['input_ids'])} tokens, "
                     f"more than max_len={max_len}"
                 )
             end -= 1
@@ -609,6 +724,7 @@ def build_class_prompts(
                 positive_map=create_positive_map(encoding, [[span] for span in spans], max_len),
             )
         )
+        warn_unscorable_phrases(prompts[-1], max_len)
         start = end
     if len(prompts) > 1:
         logger.info("split %d classes into %d prompts of at most %d tokens", len(classes), len(prompts), max_len)

@@ -272,3 +272,56 @@ def test_detections_export() -> None:
     above = detections.above(0.5)
     assert len(above) == 1 and above.phrases == ["dog"]
     assert detections[1:].phrases == ["cat"]
+
+
+def test_class_agnostic_nms_keeps_one_label_per_object() -> None:
+    boxes = torch.tensor([[10.0, 10, 50, 50], [11, 11, 51, 51], [100, 100, 140, 140]])
+    candidates = Detections(boxes, torch.tensor([0.9, 0.6, 0.5]), torch.tensor([1, 2, 2]), ["star", "cross", "cross"])
+    official = GroundingPostProcessor().select_detections(candidates)
+    assert official.labels.tolist() == [1, 2, 2]  # per-label NMS: both labels of the first object stay
+    agnostic = GroundingPostProcessor(class_agnostic_nms=True).select_detections(candidates)
+    assert agnostic.labels.tolist() == [1, 2] and agnostic.scores.tolist() == pytest.approx([0.9, 0.5])
+
+
+def test_class_agnostic_nms_from_config() -> None:
+    from glip.config import PostProcessConfig
+
+    assert not GroundingPostProcessor.from_config(PostProcessConfig()).class_agnostic_nms
+    assert GroundingPostProcessor.from_config(PostProcessConfig(class_agnostic_nms=True)).class_agnostic_nms
+
+
+def test_boxes_left_empty_by_clipping_are_dropped() -> None:
+    """A 1x1 image: every decoded box clips to the point (0, 0); none is returned."""
+    processor = GroundingPostProcessor(score_threshold=0.0)
+    anchors = AnchorGenerator()([(1, 1)] * 5)
+    regression, centerness, logits = _head_outputs(1, [(1, 1)] * 5, 12, seed=5)
+    (candidates,) = processor.select_candidates(regression, centerness, logits, anchors, [(1, 1)],
+                                                _positive_map([[1]]))
+    assert len(candidates) == 0
+
+
+def _two_detections() -> Detections:
+    boxes = torch.tensor([[10.0, 20.0, 60.0, 80.0], [12.0, 22.0, 62.0, 82.0]])
+    return Detections(boxes, torch.tensor([0.9, 0.4]), torch.tensor([1, 2]), ["red circle", "star"])
+
+
+def test_detections_repr_is_a_short_summary() -> None:
+    many = Detections(torch.zeros(50, 4), torch.linspace(1, 0, 50), torch.ones(50, dtype=torch.int64), ["cat"] * 50)
+    text = repr(many)
+    assert text.startswith("Detections(50:") and "'cat' 1.00" in text and "45 more" in text
+    assert "tensor" not in text and len(text) < 200
+    assert repr(_two_detections()) == "Detections(2: ['red circle' 0.90, 'star' 0.40])"
+
+
+def test_detections_plot_and_save(tmp_path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    image = np.zeros((100, 120, 3), dtype=np.uint8)
+    picture = _two_detections().plot(image)
+    assert isinstance(picture, Image.Image) and picture.size == (120, 100)
+    assert np.asarray(picture).any(), "boxes and labels are drawn"
+    path = _two_detections().save(tmp_path / "out.png", image)
+    assert path.is_file() and np.array_equal(np.asarray(Image.open(path)), np.asarray(picture))
+    with pytest.raises(ValueError, match="suffix"):
+        _two_detections().save(tmp_path / "out.unknown", image)

@@ -5,12 +5,21 @@ phrase score exceeds a threshold become candidates, the best ``pre_nms_top_n`` b
 ``score * centerness`` are decoded and clipped. Over all levels: class-aware NMS with the legacy
 ``+1`` IoU, then the ``detections_per_image`` best are kept and boxes are rescaled to the original
 image size (``BoxList.resize`` in the demo).
+
+Two differences from the official post-processor, both off the official reference outputs:
+
+* Boxes that clipping leaves empty (``x2 <= x1`` or ``y2 <= y1``; a box wholly outside a tiny
+  image) are dropped. The official code only calls ``remove_small_boxes(min_size=0)``, which
+  with its ``+1`` widths keeps them (``clip_to_image(remove_empty=True)`` is used for training
+  targets only); none of the reference detections is such a box (tests/parity).
+* ``class_agnostic_nms`` (off by default) lets boxes of different labels suppress each other.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,6 +49,36 @@ class Detections:
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
+
+    def __repr__(self) -> str:
+        """A short summary: the count and the best few (phrase or label, score)."""
+        shown = 5
+        names = self.phrases or [str(label) for label in self.labels.tolist()]
+        order = torch.argsort(self.scores, descending=True, stable=True)[:shown].tolist()
+        best = ", ".join(f"{names[index]!r} {float(self.scores[index]):.2f}" for index in order)
+        more = f", ... {len(self) - shown} more" if len(self) > shown else ""
+        return f"Detections({len(self)}: [{best}{more}])"
+
+    def plot(self, image: Any) -> Any:
+        """The image (path, PIL image or RGB array) with boxes, phrases and scores drawn; a PIL image."""
+        from glip.processing import load_image  # drawing imports this module: imported on use
+        from glip.visualize import draw_detections
+
+        return draw_detections(load_image(image), self)
+
+    def save(self, path: str | Path, image: Any) -> Path:
+        """Write :meth:`plot` of ``image`` to ``path`` (format from the suffix), atomically."""
+        from PIL import Image
+
+        from glip.files import write_atomic
+
+        path = Path(path)
+        image_format = Image.registered_extensions().get(path.suffix.lower())
+        if image_format is None:
+            raise ValueError(f"cannot save detections to {path}: unknown image suffix {path.suffix!r}")
+        picture = self.plot(image)
+        write_atomic(path, lambda temporary: picture.save(temporary, format=image_format))
+        return path
 
     def __getitem__(self, index: Tensor | slice) -> Detections:
         """Select detections with a boolean mask, an index tensor or a slice."""
@@ -282,6 +321,8 @@ class GroundingPostProcessor:
             columns, so a prompt may have at most that many phrases; a prompt with more raises.
             None lifts the limit (larger prompts are then handled normally).
         box_coder: decoder of the regression deltas.
+        class_agnostic_nms: NMS over all boxes whatever their label (not official), so that an
+            object gets one label.
     """
 
     def __init__(
@@ -294,6 +335,7 @@ class GroundingPostProcessor:
         min_box_size: float = 0.0,
         num_label_columns: int | None = 80,
         box_coder: BoxCoder | None = None,
+        class_agnostic_nms: bool = False,
     ) -> None:
         if score_aggregation not in ("MEAN", "MAX"):
             raise ValueError(f"score_aggregation must be 'MEAN' or 'MAX', got {score_aggregation!r}")
@@ -305,6 +347,7 @@ class GroundingPostProcessor:
         self.min_box_size = min_box_size
         self.num_label_columns = num_label_columns
         self.box_coder = box_coder if box_coder is not None else BoxCoder()
+        self.class_agnostic_nms = class_agnostic_nms
 
     @classmethod
     def from_config(cls, config, num_label_columns: int | None = 80) -> GroundingPostProcessor:
@@ -316,6 +359,7 @@ class GroundingPostProcessor:
             detections_per_image=config.detections_per_image,
             score_aggregation=config.score_aggregation,
             num_label_columns=num_label_columns,
+            class_agnostic_nms=config.class_agnostic_nms,
         )
 
     def phrase_scores(self, dot_product_logits: Tensor, tokens: PhraseTokens) -> Tensor:
@@ -424,7 +468,7 @@ class GroundingPostProcessor:
                     locations, columns = locations[top], columns[top]
                 boxes = self.box_coder.decode(level_regression[image][locations], level_anchors[locations])
                 boxes = _clip_boxes(boxes, image_sizes[image])
-                sides_ok = _box_sides(boxes, self.min_box_size)
+                sides_ok = _box_sides(boxes, self.min_box_size) & _not_empty(boxes)
                 labels = tokens.label_ids[columns]
                 per_image[image].append((boxes[sides_ok], ranking.sqrt()[sides_ok], labels[sides_ok]))
 
@@ -436,8 +480,10 @@ class GroundingPostProcessor:
         return candidates
 
     def select_detections(self, candidates: Detections) -> Detections:
-        """Class-aware NMS, then the ``detections_per_image`` best (ties at the cut kept), by score."""
-        keep = legacy_nms(candidates.boxes, candidates.scores, self.nms_threshold, candidates.labels)
+        """Class-aware (or class-agnostic) NMS, then the ``detections_per_image`` best (ties at the
+        cut kept), by score."""
+        labels = None if self.class_agnostic_nms else candidates.labels
+        keep = legacy_nms(candidates.boxes, candidates.scores, self.nms_threshold, labels)
         kept = candidates[keep]
         limit = self.detections_per_image
         if limit > 0 and len(kept) > limit:
@@ -503,6 +549,12 @@ def _box_sides(boxes: Tensor, min_size: float) -> Tensor:
     widths = boxes[:, 2] - boxes[:, 0] + quirks.TO_REMOVE
     heights = boxes[:, 3] - boxes[:, 1] + quirks.TO_REMOVE
     return (widths >= min_size) & (heights >= min_size)
+
+
+def _not_empty(boxes: Tensor) -> Tensor:
+    """Mask of boxes with ``x2 > x1`` and ``y2 > y1``: clipping to a tiny image squeezes a box
+    outside it to a line or a point, which the legacy ``+1`` width would count as one pixel."""
+    return (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
 
 
 def _phrases_of(labels: Tensor, tokens: PhraseTokens) -> list[str]:
