@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from glip.hub import convert
 from glip.hub.convert import (
     DROPPED_KEYS,
     CheckpointError,
@@ -128,8 +129,22 @@ def test_non_checkpoint_files_get_clear_errors(tmp_path: Path) -> None:
         read_official_checkpoint(plain)
 
 
-def test_dropped_keys_documented() -> None:
-    assert all(reason for _, reason in DROPPED_KEYS)
+@pytest.mark.parametrize(("pattern", "reason"), DROPPED_KEYS)
+def test_each_dropped_key_is_official_and_unconsumed(
+    reference_dir: Path, monkeypatch: pytest.MonkeyPatch, pattern: str, reason: str
+) -> None:
+    """A documented drop matches keys of a real official checkpoint, and without it strict loading
+    fails naming them: the drop list holds exactly what the model has no place for."""
+    assert reason
+    official = _meta_state_dict(_layout(reference_dir, "glip_t"))
+    matched = [key for key in official if re.search(pattern, key.removeprefix("module."))]
+    assert matched, f"{pattern} matches no key of the official GLIP-T checkpoint"
+    monkeypatch.setattr(convert, "DROPPED_KEYS", tuple(drop for drop in DROPPED_KEYS if drop[0] != pattern))
+    with torch.device("meta"):
+        model = GLIPModel(PRESETS["glip_t"].config)
+    with pytest.raises(CheckpointError) as error:
+        check_state_dict(model, convert_official_state_dict(official), "glip_t layout")
+    assert all(".".join(key.split(".")[-2:]) in str(error.value) for key in matched[:5])
 
 
 def _whole_checkpoint(path: Path, legacy: bool = False) -> bytes:
