@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 
 from glip.data import (
     Collator,
+    DatasetOptions,
     DetectionDataset,
     GroundingDataset,
     MixedDataset,
@@ -91,6 +92,23 @@ def test_detection_deterministic_prompt_and_boxes(tmp_path: Path, tokenizer) -> 
     torch.testing.assert_close(sample.positive_map.sum(1), torch.ones(2), atol=1e-5, rtol=0)
     assert sample.image.shape == (3, 40, 60)
     assert sample.original_size == (40, 60)
+
+
+def test_dataset_options_object_and_keyword_settings_agree(tmp_path: Path, tokenizer) -> None:
+    """One options dataclass for every format; keywords replace its fields, unknown ones are named."""
+    path = _coco(tmp_path, _simple_annotations())
+    options = DatasetOptions(_identity_transforms(), deterministic=True, max_query_len=64, seed=4)
+    by_object = DetectionDataset(path, tmp_path, tokenizer, options)
+    by_keywords = DetectionDataset(path, tmp_path, tokenizer, transforms=options.transforms, deterministic=True,
+                                   max_query_len=64, seed=4)
+    assert by_object.options == by_keywords.options == options
+    assert by_object[0].caption == by_keywords[0].caption and by_object[0].positive_map.shape[1] == 64
+    with pytest.raises(TypeError, match=r"num_negative.*the dataset options are \['transforms'"):
+        DetectionDataset(path, tmp_path, tokenizer, num_negative=3)
+    with pytest.raises(ValueError, match="num_negatives must be >= 0, got -1"):
+        DatasetOptions(num_negatives=-1)
+    with pytest.raises(ValueError, match="max_query_len must be at least 3"):
+        GroundingDataset(path, tmp_path, tokenizer, options, max_query_len=2)
 
 
 def test_crowd_ignored_and_empty_images_left_out(tmp_path: Path, tokenizer) -> None:

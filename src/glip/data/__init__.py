@@ -3,6 +3,7 @@
 from glip.data.collate import Batch, Collator, Target, collate
 from glip.data.datasets import (
     BoxStats,
+    DatasetOptions,
     DetectionDataset,
     GroundingDataset,
     MixedDataset,
@@ -15,6 +16,7 @@ __all__ = [
     "Batch",
     "BoxStats",
     "Collator",
+    "DatasetOptions",
     "DetectionDataset",
     "GroundingDataset",
     "MixedDataset",

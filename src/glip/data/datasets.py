@@ -126,6 +126,52 @@ class Transforms(Protocol):
     ) -> TransformedSample: ...
 
 
+@dataclass(frozen=True)
+class DatasetOptions:
+    """How a dataset of any format turns its annotations into samples.
+
+    Attributes:
+        transforms: :class:`TrainTransforms` (None: its defaults, the GLIP-T pre-training
+            settings) or :class:`TestTransforms`.
+        deterministic: detection captions list every category in category order, no sampling or
+            shuffling (official ``convert_od_to_grounding_simple(disable_shuffle=True)``); otherwise
+            the image's classes plus sampled negatives, shuffled (Objects365 pre-training recipe).
+            Grounding captions are always the file's.
+        num_negatives: negatives sampled per image at most (official RANDOM_SAMPLE_NEG).
+        full_negative_prob: probability of sampling all ``num_negatives`` (official CONTROL_PROB[2]).
+        separator: text between two class names (official SEPARATION_TOKENS).
+        max_query_len: token budget of the caption and width of the positive map.
+        keep_empty_images: keep images without usable boxes (they train on background only).
+        seed: seed of the per-sample random sources.
+    """
+
+    transforms: Transforms | None = None
+    deterministic: bool = False
+    num_negatives: int = 85
+    full_negative_prob: float = 0.5
+    separator: str = quirks.TRAIN_CLASS_SEPARATOR
+    max_query_len: int = 256
+    keep_empty_images: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_negatives < 0:
+            raise ValueError(f"num_negatives must be >= 0, got {self.num_negatives}")
+        if self.max_query_len < 3:
+            raise ValueError(f"max_query_len must be at least 3, got {self.max_query_len}")
+        if not 0.0 <= self.full_negative_prob <= 1.0:
+            raise ValueError(f"full_negative_prob must be in [0, 1], got {self.full_negative_prob}")
+
+
+def _options(options: DatasetOptions | None, settings: dict[str, Any]) -> DatasetOptions:
+    """``options`` (default: all defaults) with ``settings`` (field name -> value) replaced."""
+    try:
+        return dataclasses.replace(options or DatasetOptions(), **settings)
+    except TypeError as error:  # an unknown name: say which fields exist
+        names = [field.name for field in dataclasses.fields(DatasetOptions)]
+        raise TypeError(f"{error}; the dataset options are {names}") from None
+
+
 @dataclass
 class _Record:
     """One image's annotations as read from the file.
@@ -297,34 +343,14 @@ class _GroundingSource(Dataset):
     :meth:`_report_box_problems`.
     """
 
-    def __init__(
-        self,
-        source: Path,
-        image_dir: str | Path,
-        tokenizer: BertTokenizerFast,
-        transforms: Transforms | None,
-        *,
-        deterministic: bool,
-        num_negatives: int,
-        full_negative_prob: float,
-        separator: str,
-        max_query_len: int,
-        seed: int,
-    ) -> None:
-        if max_query_len < 3:
-            raise ValueError(f"max_query_len must be at least 3, got {max_query_len}")
-        if not 0.0 <= full_negative_prob <= 1.0:
-            raise ValueError(f"full_negative_prob must be in [0, 1], got {full_negative_prob}")
+    def __init__(self, source: Path, image_dir: str | Path, tokenizer: BertTokenizerFast, options: DatasetOptions) -> None:
         self.source = source
         self.image_dir = Path(image_dir)
         self.tokenizer = tokenizer
-        self.transforms: Transforms = transforms if transforms is not None else TrainTransforms()
-        self.deterministic = deterministic
-        self.num_negatives = num_negatives
-        self.full_negative_prob = full_negative_prob
-        self.separator = separator
-        self.max_query_len = max_query_len
-        self.seed = seed
+        self.options = options
+        self.transforms: Transforms = options.transforms if options.transforms is not None else TrainTransforms()
+        self.max_query_len = options.max_query_len
+        self.seed = options.seed
         self.epoch = 0
         self.records: list[_Record] = []
         self.category_names: dict[int, str] = {}
@@ -385,9 +411,10 @@ class _GroundingSource(Dataset):
     def _category_caption(self, labels: Tensor, rng: random.Random) -> tuple[str, list[list[Span]], Tensor]:
         """Caption of category names for a detection record; ``grounded`` flags boxes whose class made it in."""
         positive_labels = [int(label) for label in labels.tolist()]
-        if self.deterministic:
+        options = self.options
+        if options.deterministic:
             prompt = full_category_prompt(
-                positive_labels, self.category_names, self.tokenizer, self.max_query_len, self.separator
+                positive_labels, self.category_names, self.tokenizer, self.max_query_len, options.separator
             )
         else:
             prompt = sampled_category_prompt(
@@ -396,9 +423,9 @@ class _GroundingSource(Dataset):
                 self.tokenizer,
                 rng,
                 self.max_query_len,
-                self.num_negatives,
-                self.full_negative_prob,
-                self.separator,
+                options.num_negatives,
+                options.full_negative_prob,
+                options.separator,
             )
         grounded = torch.tensor([label in prompt.label_spans for label in positive_labels], dtype=torch.bool)
         tokens_positive = [[prompt.label_spans[label]] for label in positive_labels if label in prompt.label_spans]
@@ -457,16 +484,6 @@ class _GroundingSource(Dataset):
             )
 
 
-def _check_prompt_options(num_negatives: int) -> None:
-    if num_negatives < 0:
-        raise ValueError(f"num_negatives must be >= 0, got {num_negatives}")
-
-
-# --------------------------------------------------------------------------------------------------
-# COCO detection
-# --------------------------------------------------------------------------------------------------
-
-
 class DetectionDataset(_GroundingSource):
     """COCO-format detection annotations as grounding samples with class-name captions.
 
@@ -482,17 +499,9 @@ class DetectionDataset(_GroundingSource):
             ``iscrowd``) and ``categories`` (``id``, ``name``).
         image_dir: folder that ``file_name`` is relative to.
         tokenizer: the model's tokenizer (``glip.processing.load_tokenizer``).
-        transforms: :class:`TrainTransforms` (default, GLIP-T pre-training settings) or
-            :class:`TestTransforms`.
-        deterministic: caption = all categories in category order, no sampling or shuffling
-            (official ``convert_od_to_grounding_simple(disable_shuffle=True)``); otherwise the
-            image's classes plus sampled negatives, shuffled (Objects365 pre-training recipe).
-        num_negatives: negatives sampled per image at most (official RANDOM_SAMPLE_NEG).
-        full_negative_prob: probability of sampling all ``num_negatives`` (official CONTROL_PROB[2]).
-        separator: text between two class names (official SEPARATION_TOKENS).
-        max_query_len: token budget of the caption and width of the positive map.
-        keep_empty_images: keep images without usable boxes (they train on background only).
-        seed: seed of the per-sample random sources.
+        options: transforms, prompt sampling, query length, seed (:class:`DatasetOptions`).
+        **settings: fields of :class:`DatasetOptions` to replace in ``options``, e.g.
+            ``DetectionDataset(path, images, tokenizer, deterministic=True)``.
     """
 
     def __init__(
@@ -500,30 +509,12 @@ class DetectionDataset(_GroundingSource):
         annotation_file: str | Path,
         image_dir: str | Path,
         tokenizer: BertTokenizerFast,
-        *,
-        transforms: Transforms | None = None,
-        deterministic: bool = False,
-        num_negatives: int = 85,
-        full_negative_prob: float = 0.5,
-        separator: str = quirks.TRAIN_CLASS_SEPARATOR,
-        max_query_len: int = 256,
-        keep_empty_images: bool = False,
-        seed: int = 0,
+        options: DatasetOptions | None = None,
+        **settings: Any,
     ) -> None:
-        _check_prompt_options(num_negatives)
         path = Path(annotation_file)
-        super().__init__(
-            path,
-            image_dir,
-            tokenizer,
-            transforms,
-            deterministic=deterministic,
-            num_negatives=num_negatives,
-            full_negative_prob=full_negative_prob,
-            separator=separator,
-            max_query_len=max_query_len,
-            seed=seed,
-        )
+        options = _options(options, settings)
+        super().__init__(path, image_dir, tokenizer, options)
         data = _read_json(path)
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a JSON object with images, annotations and categories")
@@ -560,7 +551,7 @@ class DetectionDataset(_GroundingSource):
             boxes_by_image[image_id].append(box)
             labels_by_image[image_id].append(contiguous[category_id])
         for image_id in _sorted_ids(list(images)):
-            if not keep_empty_images and not _has_usable_box(raw_sizes[image_id]):
+            if not options.keep_empty_images and not _has_usable_box(raw_sizes[image_id]):
                 continue
             file_name, declared_size = images[image_id]
             xywh = torch.from_numpy(_box_array(boxes_by_image[image_id]))
@@ -606,10 +597,8 @@ class GroundingDataset(_GroundingSource):
         annotation_file: the JSON file.
         image_dir: folder that ``file_name`` is relative to.
         tokenizer: the model's tokenizer.
-        transforms: see :class:`DetectionDataset`.
-        max_query_len: token length of the caption and width of the positive map.
-        keep_empty_images: keep images without usable boxes.
-        seed: seed of the per-sample random sources.
+        options, settings: see :class:`DetectionDataset` (the prompt fields do not apply: the
+            caption is the file's).
     """
 
     def __init__(
@@ -617,25 +606,12 @@ class GroundingDataset(_GroundingSource):
         annotation_file: str | Path,
         image_dir: str | Path,
         tokenizer: BertTokenizerFast,
-        *,
-        transforms: Transforms | None = None,
-        max_query_len: int = 256,
-        keep_empty_images: bool = False,
-        seed: int = 0,
+        options: DatasetOptions | None = None,
+        **settings: Any,
     ) -> None:
         path = Path(annotation_file)
-        super().__init__(
-            path,
-            image_dir,
-            tokenizer,
-            transforms,
-            deterministic=True,
-            num_negatives=0,
-            full_negative_prob=0.0,
-            separator=quirks.TRAIN_CLASS_SEPARATOR,
-            max_query_len=max_query_len,
-            seed=seed,
-        )
+        options = _options(options, settings)
+        super().__init__(path, image_dir, tokenizer, options)
         data = _read_json(path)
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a JSON object with images and annotations")
@@ -664,7 +640,7 @@ class GroundingDataset(_GroundingSource):
             boxes_by_image[image_id].append(box)
             labels_by_image[image_id].append(int(annotation.get("category_id", 1)))
         for image_id in _sorted_ids(list(images)):
-            if not keep_empty_images and not _has_usable_box(raw_sizes[image_id]):
+            if not options.keep_empty_images and not _has_usable_box(raw_sizes[image_id]):
                 continue
             file_name, declared_size = images[image_id]
             xywh = torch.from_numpy(_box_array(boxes_by_image[image_id]))
@@ -703,8 +679,7 @@ class ODVGDataset(_GroundingSource):
         tokenizer: the model's tokenizer.
         label_map: ``{label: category name}`` (dict or JSON file, keys may be strings); default:
             the ``category`` names found in the detection lines. All of them are candidate negatives.
-        transforms, deterministic, num_negatives, full_negative_prob, separator, max_query_len,
-        keep_empty_images, seed: see :class:`DetectionDataset`.
+        options, settings: see :class:`DetectionDataset`.
     """
 
     def __init__(
@@ -712,31 +687,14 @@ class ODVGDataset(_GroundingSource):
         annotation_file: str | Path,
         image_dir: str | Path,
         tokenizer: BertTokenizerFast,
+        options: DatasetOptions | None = None,
         *,
         label_map: str | Path | Mapping[Any, str] | None = None,
-        transforms: Transforms | None = None,
-        deterministic: bool = False,
-        num_negatives: int = 85,
-        full_negative_prob: float = 0.5,
-        separator: str = quirks.TRAIN_CLASS_SEPARATOR,
-        max_query_len: int = 256,
-        keep_empty_images: bool = False,
-        seed: int = 0,
+        **settings: Any,
     ) -> None:
-        _check_prompt_options(num_negatives)
         path = Path(annotation_file)
-        super().__init__(
-            path,
-            image_dir,
-            tokenizer,
-            transforms,
-            deterministic=deterministic,
-            num_negatives=num_negatives,
-            full_negative_prob=full_negative_prob,
-            separator=separator,
-            max_query_len=max_query_len,
-            seed=seed,
-        )
+        options = _options(options, settings)
+        super().__init__(path, image_dir, tokenizer, options)
         names = _read_label_map(label_map) if label_map is not None else None
         found_names: dict[int, str] = {}
         for record_index, (line_number, line) in enumerate(_read_jsonl(path)):
@@ -754,7 +712,7 @@ class ODVGDataset(_GroundingSource):
                 record, raw_sizes = self._grounding_record(header, line, where)
             else:
                 raise ValueError(f"{where}: missing field 'detection' or 'grounding'")
-            if keep_empty_images or _has_usable_box(raw_sizes):
+            if options.keep_empty_images or _has_usable_box(raw_sizes):
                 self.records.append(record)
         if names is not None:
             self.category_names = dict(sorted(names.items()))

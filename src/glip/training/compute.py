@@ -19,8 +19,16 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from transformers import BertTokenizerFast
 
-from glip.data import Batch, Collator, DetectionDataset, GroundingDataset, ODVGDataset, Target, TrainTransforms
-from glip.data.datasets import Transforms
+from glip.data import (
+    Batch,
+    Collator,
+    DatasetOptions,
+    DetectionDataset,
+    GroundingDataset,
+    ODVGDataset,
+    Target,
+    TrainTransforms,
+)
 from glip.losses import GLIPCriterion
 from glip.modeling.anchors import AnchorGenerator
 from glip.modeling.box_coder import BoxCoder
@@ -109,13 +117,7 @@ def open_dataset(
     annotations: str | Path,
     images: str | Path,
     tokenizer: BertTokenizerFast,
-    transforms: Transforms,
-    *,
-    full_category_prompts: bool,
-    num_negatives: int,
-    full_negative_prob: float,
-    max_query_len: int,
-    seed: int,
+    options: DatasetOptions,
     label_map: str | Path | None = None,
 ) -> Dataset:
     """The dataset of one annotation source.
@@ -125,43 +127,15 @@ def open_dataset(
         annotations: the annotation file.
         images: the folder image file names are relative to.
         tokenizer: the model's tokenizer.
-        transforms: the image transform (:class:`glip.data.TrainTransforms`).
-        full_category_prompts: detection captions list every class in category order; otherwise
-            the image's classes plus sampled negatives, shuffled.
-        num_negatives, full_negative_prob: negative sampling (see :class:`glip.data.DetectionDataset`).
-        max_query_len: the model's token length.
-        seed: seed of the per-sample random sources.
+        options: transforms, prompt sampling, query length and seed (:class:`glip.data.DatasetOptions`).
         label_map: ODVG only, ``{label: name}`` JSON.
     """
     if kind == "coco":
-        return DetectionDataset(
-            annotations,
-            images,
-            tokenizer,
-            transforms=transforms,
-            deterministic=full_category_prompts,
-            num_negatives=num_negatives,
-            full_negative_prob=full_negative_prob,
-            max_query_len=max_query_len,
-            seed=seed,
-        )
+        return DetectionDataset(annotations, images, tokenizer, options)
     if kind == "grounding":
-        return GroundingDataset(
-            annotations, images, tokenizer, transforms=transforms, max_query_len=max_query_len, seed=seed
-        )
+        return GroundingDataset(annotations, images, tokenizer, options)
     if kind == "odvg":
-        return ODVGDataset(
-            annotations,
-            images,
-            tokenizer,
-            label_map=label_map,
-            transforms=transforms,
-            deterministic=full_category_prompts,
-            num_negatives=num_negatives,
-            full_negative_prob=full_negative_prob,
-            max_query_len=max_query_len,
-            seed=seed,
-        )
+        return ODVGDataset(annotations, images, tokenizer, options, label_map=label_map)
     raise ValueError(f"unknown data source kind {kind!r}; expected coco, grounding or odvg")
 
 
@@ -261,18 +235,10 @@ def compute_losses(
         pixel_mean=config.input.pixel_mean,
         pixel_std=config.input.pixel_std,
     )
-    dataset = open_dataset(
-        detect_annotation_kind(annotations),
-        annotations,
-        images,
-        model.tokenizer,
-        transforms,
-        full_category_prompts=deterministic,
-        num_negatives=85,
-        full_negative_prob=0.5,
-        max_query_len=config.language.max_query_len,
-        seed=seed,
+    options = DatasetOptions(
+        transforms, deterministic=deterministic, max_query_len=config.language.max_query_len, seed=seed
     )
+    dataset = open_dataset(detect_annotation_kind(annotations), annotations, images, model.tokenizer, options)
     if len(dataset) == 0:
         raise ValueError(f"{annotations}: no image with a usable box")
     collator = Collator(model.tokenizer, config.language.max_query_len, config.input.size_divisibility)

@@ -37,7 +37,7 @@ from tqdm import tqdm
 from transformers import BertTokenizerFast
 
 from glip.config import GLIPConfig
-from glip.data import Batch, Collator, MixedDataset, TrainTransforms
+from glip.data import Batch, Collator, DatasetOptions, MixedDataset, TrainTransforms
 # resolve_device is re-exported here for callers of its old home (glip.training.loop.resolve_device).
 from glip.device import resolve_device, torch_threads  # noqa: F401
 from glip.files import remove_stale_temporaries, write_text_atomic
@@ -172,20 +172,16 @@ def build_dataset(recipe: TrainRecipe, tokenizer: BertTokenizerFast, config: GLI
         pixel_mean=config.input.pixel_mean,
         pixel_std=config.input.pixel_std,
     )
+    options = DatasetOptions(
+        transforms,
+        deterministic=data.full_category_prompts,
+        num_negatives=data.num_negatives,
+        full_negative_prob=data.full_negative_prob,
+        max_query_len=config.language.max_query_len,
+        seed=recipe.seed,
+    )
     datasets = [
-        open_dataset(
-            source.kind,
-            source.annotations,
-            source.images,
-            tokenizer,
-            transforms,
-            full_category_prompts=data.full_category_prompts,
-            num_negatives=data.num_negatives,
-            full_negative_prob=data.full_negative_prob,
-            max_query_len=config.language.max_query_len,
-            seed=recipe.seed,
-            label_map=source.label_map,
-        )
+        open_dataset(source.kind, source.annotations, source.images, tokenizer, options, source.label_map)
         for source in data.sources
     ]
     if len(datasets) == 1 and data.samples_per_epoch == 0:
