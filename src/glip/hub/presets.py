@@ -1,7 +1,7 @@
 """Released GLIP models as data: config, checkpoint file, where it is published, metrics.
 
 Configs match the official ``configs/pretrain/*.yaml`` merged over the official defaults
-(``tests/hub/test_presets.py`` checks them against the resolved official configs). Metrics are the
+(``tests/hub/test_convert.py`` checks them against the resolved official configs). Metrics are the
 official model zoo's (github microsoft/GLIP README): COCO zero-shot / fine-tuned box AP, LVIS
 minival AP (last checkpoint) and ODinW-13 average AP.
 """
@@ -19,6 +19,7 @@ from glip.config import (
     HeadConfig,
     InputConfig,
     LanguageConfig,
+    PostProcessConfig,
     SwinConfig,
 )
 
@@ -93,6 +94,9 @@ _GLIP_NANO = GLIPConfig(
     anchors=AnchorConfig(sizes=(32, 64, 128, 256, 512)),
     # EfficientNet-Lite's TensorFlow normalisation, (x - 127) / 128, on 224 px scenes.
     input=InputConfig(pixel_mean=(127.0, 127.0, 127.0), pixel_std=(128.0, 128.0, 128.0), min_size_test=224),
+    # GLIP-Nano often gives one shape two similar labels ("red circle", "red square"); NMS across
+    # labels keeps the best one (not official: official presets keep per-label NMS).
+    postprocess=PostProcessConfig(class_agnostic_nms=True),
 )
 
 PRESETS: dict[str, Preset] = {
