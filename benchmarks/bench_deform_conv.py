@@ -1,17 +1,19 @@
 """CPU time of a 3x3 modulated deformable conv: torchvision's kernel vs glip's sampling + matmul.
 
-    python benchmarks/bench_deform_conv.py
+    python benchmarks/bench_deform_conv.py [--write | --out DIR]
 
-Prints a table and writes benchmarks/results/deform_conv_cpu.{json,md}.
+Prints a table; writes deform_conv_cpu.{json,md} into benchmarks/results/ with --write (or DIR).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
-from pathlib import Path
+from collections.abc import Sequence
 
 import torch
+from results_io import add_output_arguments, write_results
 from torchvision.ops import deform_conv2d
 
 from glip.modeling.deform_conv import modulated_deform_conv2d
@@ -35,7 +37,10 @@ def measure(function, backward: bool, repeats: int = 3) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_output_arguments(parser)
+    args = parser.parse_args(argv)
     torch.set_num_threads(2)
     rows = []
     for name, batch, channels, height, width, backward in CASES:
@@ -52,11 +57,11 @@ def main() -> None:
     lines = ["| case | fwd+bwd | torchvision s | glip s | speed-up |", "|---|---|---|---|---|"]
     lines += [f"| {r['case']} | {r['backward']} | {r['torchvision_s']:.3f} | {r['glip_s']:.3f} | {r['speedup']:.1f}x |"
               for r in rows]
-    results = Path(__file__).resolve().parent / "results"
-    results.mkdir(exist_ok=True)
-    (results / "deform_conv_cpu.json").write_text(json.dumps(rows, indent=2) + "\n")
-    (results / "deform_conv_cpu.md").write_text("# Deformable conv on 2 CPU threads\n\n" + "\n".join(lines) + "\n")
     print("\n".join(lines))
+    write_results(args, {
+        "deform_conv_cpu.json": json.dumps(rows, indent=2) + "\n",
+        "deform_conv_cpu.md": "# Deformable conv on 2 CPU threads\n\n" + "\n".join(lines) + "\n",
+    })
 
 
 if __name__ == "__main__":

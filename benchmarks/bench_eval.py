@@ -10,7 +10,7 @@ nothing but the speed.
 The tiny reference model of ``tests/reference/glip_tiny_parity`` is measured after converting it:
 ``glip convert CHECKPOINT CONFIG --text-config TEXT_CONFIG --out runs/tiny_ref``.
 
-Prints a table and writes benchmarks/results/eval_throughput.{json,md}.
+Prints a table; writes eval_throughput.{json,md} into benchmarks/results/ with --write (or --out DIR).
 """
 
 from __future__ import annotations
@@ -21,9 +21,11 @@ import os
 import platform
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from results_io import add_output_arguments, write_results
 
 from glip import GLIP
 from glip.data.shapes_world import synthesize
@@ -51,7 +53,7 @@ def time_evaluation(model: GLIP, annotations: Path, images: Path, batch_size: in
             "AP": evaluation.metrics["AP"]}
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="glip_nano",
                         help="comma-separated preset names or model directories (default glip_nano)")
@@ -61,7 +63,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--split-dir", type=Path, default=None,
                         help="an existing `glip synth` split to use instead of generating one")
-    args = parser.parse_args()
+    add_output_arguments(parser)
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     batch_sizes = [int(size) for size in args.batch_sizes.split(",")]
     rows = []
@@ -79,18 +82,17 @@ def main() -> None:
     device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.processor() or "cpu"
     meta = {"models": args.models, "device": args.device, "device_name": device, "torch": torch.__version__,
             "threads": args.threads, "machine": platform.machine(), "cpu_count": os.cpu_count()}
-    results = ROOT / "benchmarks" / "results"
-    results.mkdir(parents=True, exist_ok=True)
-    (results / "eval_throughput.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     lines = ["| model | test resize | batch size | images | seconds | images/s | AP |", "|---|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(f"| {row['model']} | {row['test_size']} | {row['batch_size']} | {row['images']} | "
                      f"{row['seconds']:.2f} | {row['images_per_s']:.2f} | {row['AP']:.4f} |")
     table = "\n".join(lines)
-    (results / "eval_throughput.md").write_text(
-        f"# Evaluation throughput: `glip eval coco` on a Shapes-world test split\n\n{table}\n\n{json.dumps(meta)}\n"
-    )
     print(table)
+    write_results(args, {
+        "eval_throughput.json": json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n",
+        "eval_throughput.md": "# Evaluation throughput: `glip eval coco` on a Shapes-world test split\n\n"
+                              f"{table}\n\n{json.dumps(meta)}\n",
+    })
 
 
 if __name__ == "__main__":

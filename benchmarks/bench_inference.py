@@ -4,9 +4,9 @@ The measurement mirrors the official one in ``tests/reference/glip_checkpoint_la
 one 800x1333 image, the 80 COCO class names as the prompt, ``torch.set_num_threads(2)``, fp32,
 one warm-up then the median of 3 runs of ``predict`` (preprocessing, network, post-processing).
 
-    python benchmarks/bench_inference.py [--runs 3] [--threads 2] [--skip-full]
+    python benchmarks/bench_inference.py [--runs 3] [--threads 2] [--skip-full] [--write | --out DIR]
 
-Prints a table and writes benchmarks/results/inference_cpu.{json,md}.
+Prints a table; writes inference_cpu.{json,md} into benchmarks/results/ with --write (or DIR).
 """
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ import json
 import platform
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from PIL import Image
+from results_io import add_output_arguments, write_results
 
 from glip import GLIP
 from glip.hub.presets import PRESETS
@@ -51,12 +53,13 @@ def time_predict(model: GLIP, image: Image.Image, min_size: int, runs: int) -> d
     return {"median_s": statistics.median(times), "runs_s": times}
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="timed runs after one warm-up")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--skip-full", action="store_true", help="only the tiny model")
-    args = parser.parse_args()
+    add_output_arguments(parser)
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     image = Image.open(REFERENCE / "glip_tiny_parity" / "case_a_astronaut.png").convert("RGB").resize((1333, 800))
@@ -73,20 +76,18 @@ def main() -> None:
                  **time_predict(tiny, image, 800, args.runs)})
     meta = {"torch": torch.__version__, "threads": args.threads, "machine": platform.machine(),
             "processor": platform.processor(), "cpu_count": __import__("os").cpu_count()}
-    results = ROOT / "benchmarks" / "results"
-    results.mkdir(parents=True, exist_ok=True)
-    (results / "inference_cpu.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     lines = ["| model | image | prompt | median s/image | runs (s) | official median s |", "|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(f"| {row['model']} | {row['image']} | {row['prompt']} | {row['median_s']:.2f} | "
                      f"{', '.join(f'{t:.2f}' for t in row['runs_s'])} | {row.get('official_median_s', '-')} |")
     table = "\n".join(lines)
-    (results / "inference_cpu.md").write_text(
-        f"# CPU inference time per image\n\n{table}\n\n{json.dumps(meta)}\n\n"
-        "Official GLIP-T figure: tests/reference/glip_checkpoint_layout/README.md (same machine type, "
-        "2 threads, model forward).\n"
-    )
     print(table)
+    write_results(args, {
+        "inference_cpu.json": json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n",
+        "inference_cpu.md": f"# CPU inference time per image\n\n{table}\n\n{json.dumps(meta)}\n\n"
+                            "Official GLIP-T figure: tests/reference/glip_checkpoint_layout/README.md (same machine "
+                            "type, 2 threads, model forward).\n",
+    })
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ Run on a machine with a CUDA GPU (not part of CI):
 3. Full-size GLIP-T (random weights), 800x1333, 80 COCO classes: CUDA fp32 and bf16 ms/image,
    and the fp32 CUDA outputs against the same model on the CPU.
 
-Writes benchmarks/results/gpu_check.{json,md} (or --out DIR).
+Prints the report; writes gpu_check.json into benchmarks/results/ with --write (or --out DIR).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -28,6 +29,7 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_inference import COCO_CLASSES  # noqa: E402
+from results_io import add_output_arguments, write_results  # noqa: E402
 
 from glip import GLIP  # noqa: E402
 from glip.hub.presets import PRESETS  # noqa: E402
@@ -59,13 +61,13 @@ def timed(function, runs: int) -> list[float]:
     return times
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reference", type=Path, required=True)
-    parser.add_argument("--vocab", type=Path, required=True)
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
-    parser.add_argument("--runs", type=int, default=5)
-    args = parser.parse_args()
+    parser.add_argument("--reference", type=Path, required=True, help="the tests/reference folder")
+    parser.add_argument("--vocab", type=Path, required=True, help="a folder with BERT's vocab.txt")
+    parser.add_argument("--runs", type=int, default=5, help="timed runs after one warm-up")
+    add_output_arguments(parser)
+    args = parser.parse_args(argv)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     device = torch.device("cuda")
@@ -120,9 +122,8 @@ def main() -> None:
         "cuda_bf16_s_per_image": statistics.median(bf16_times),
         "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
+    write_results(args, {"gpu_check.json": json.dumps(report, indent=2) + "\n"})
 
 
 if __name__ == "__main__":
