@@ -29,15 +29,16 @@ absolute, so the ``recipe.yaml`` a run saves in its ``output_dir`` works from an
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import math
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+from glip.plain import PlainDataError, from_plain, to_plain
 
 SourceKind = Literal["coco", "grounding", "odvg"]
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -226,11 +227,11 @@ class TrainRecipe:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainRecipe:
         """Build from a nested mapping (as :meth:`to_dict` writes); unknown keys are errors."""
-        return _build(cls, data, "")
+        return build_dataclass(cls, data)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (tuples as lists), readable back by :meth:`from_dict`."""
-        return _plain(dataclasses.asdict(self))
+        return to_plain(dataclasses.asdict(self))
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -253,7 +254,7 @@ def apply_override(data: dict[str, Any], override: str) -> dict[str, Any]:
     except yaml.YAMLError as error:
         raise RecipeError(f"override {override!r}: value is not valid YAML ({error})") from None
     parts = key.split(".")
-    result = _deep_copy(data)
+    result = copy.deepcopy(data)
     container: Any = result
     for depth, part in enumerate(parts[:-1]):
         container = _child(container, part, ".".join(parts[: depth + 1]), create=True)
@@ -285,7 +286,7 @@ def _absolute(value: Any, base: Path) -> Any:
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     """The recipe's relative paths made absolute against ``base`` (the current directory)."""
-    result = _deep_copy(data)
+    result = copy.deepcopy(data)
     if "output_dir" in result:
         result["output_dir"] = _absolute(result["output_dir"], base)
     model = result.get("model")
@@ -299,14 +300,6 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
                     if key in source:
                         source[key] = _absolute(source[key], base)
     return result
-
-
-def _deep_copy(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {key: _deep_copy(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_deep_copy(item) for item in value]
-    return value
 
 
 def _child(container: Any, part: str, where: str, create: bool) -> Any:
@@ -333,109 +326,12 @@ def _list_index(container: list, part: str, where: str) -> int:
 
 
 def build_dataclass(cls: type, data: Any, where: str = "") -> Any:
-    """Instantiate the (nested, frozen) dataclass ``cls`` from a mapping with the recipe rules:
-    unknown keys and wrong types are :class:`RecipeError` naming the key (prefixed by ``where``)."""
-    return _build(cls, data, where)
-
-
-def _build(cls: type, data: Any, where: str) -> Any:
-    """Instantiate dataclass ``cls`` from a mapping, checking keys and value types."""
-    label = where or "recipe"
-    if not isinstance(data, dict):
-        raise RecipeError(f"{label}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(str(key) for key in data if key not in names)
-    if unknown:
-        keys = ", ".join(f"{where}.{key}" if where else key for key in unknown)
-        raise RecipeError(f"unknown key{'s' if len(unknown) > 1 else ''} {keys}; known keys of {label}: {names}")
-    kwargs = {
-        name: _coerce(data[name], hints[name], f"{where}.{name}" if where else name) for name in names if name in data
-    }
-    return cls(**kwargs)
-
-
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """``value`` checked against the type ``hint`` (lists become tuples, ints become floats)."""
-    origin = typing.get_origin(hint)
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        present = [option for option in options if option is not type(None)]
-        if len(present) == 1:
-            # An optional value: the error of the one real type says most.
-            return _coerce(value, present[0], where)
-        for option in present:
-            try:
-                return _coerce(value, option, where)
-            except RecipeError:
-                continue
-        raise RecipeError(f"{where}: expected {_type_name(hint)}, got {value!r}")
-    if origin is Literal:
-        allowed = typing.get_args(hint)
-        if value not in allowed:
-            raise RecipeError(f"{where}: expected one of {list(allowed)}, got {value!r}")
-        return value
-    if origin is tuple:
-        arguments = typing.get_args(hint)
-        if not isinstance(value, (list, tuple)):
-            raise RecipeError(f"{where}: expected a list, got {value!r}")
-        if len(arguments) == 2 and arguments[1] is Ellipsis:
-            return tuple(_coerce(item, arguments[0], f"{where}.{index}") for index, item in enumerate(value))
-        if len(value) != len(arguments):
-            raise RecipeError(f"{where}: expected a list of {len(arguments)} values, got {value!r}")
-        return tuple(
-            _coerce(item, kind, f"{where}.{index}") for index, (item, kind) in enumerate(zip(value, arguments))
-        )
-    if origin is dict or hint is dict:
-        if not isinstance(value, dict):
-            raise RecipeError(f"{where}: expected a mapping, got {value!r}")
-        return _deep_copy(value)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise RecipeError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise RecipeError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if hint is float:
-        # YAML 1.1 (PyYAML) reads "1e-4" as a string: it needs a dot ("1.0e-4"); accept both.
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                raise RecipeError(f"{where}: expected a number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise RecipeError(f"{where}: expected a finite number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise RecipeError(f"{where}: expected a string, got {value!r}")
-        return value
-    raise TypeError(f"{where}: unsupported recipe field type {hint!r}")
-
-
-def _type_name(hint: Any) -> str:
-    words = {bool: "true/false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
-    names = []
-    for option in typing.get_args(hint):
-        if typing.get_origin(option) is dict or option is dict:
-            names.append("a mapping")
-        else:
-            names.append(words.get(option, getattr(option, "__name__", str(option))))
-    return " or ".join(names)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
-    return value
+    """Instantiate the (nested, frozen) dataclass ``cls`` from a mapping (:func:`glip.plain.from_plain`'s
+    rules): unknown keys and wrong types are :class:`RecipeError` naming the key (prefixed by ``where``)."""
+    try:
+        return from_plain(cls, data, where, root="recipe")
+    except PlainDataError as error:
+        raise RecipeError(str(error)) from None
 
 
 def _validate(recipe: TrainRecipe) -> list[str]:
