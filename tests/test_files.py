@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from collections.abc import Iterator
@@ -38,6 +39,15 @@ def test_written_files_get_the_umask_default_mode(tmp_path: Path, umask_022: Non
     assert [_mode(tmp_path / name) for name in ("a.txt", "b.json", "c.bin")] == [0o644] * 3
     folder = temporary_directory_for(tmp_path / "model")
     assert _mode(folder) == 0o755 and folder.parent == tmp_path
+
+
+def test_json_is_standard_nan_becomes_null(tmp_path: Path) -> None:
+    write_json_atomic(tmp_path / "m.json", {"AP": float("nan"), "per": [1.5, float("inf"), (2, -float("inf"))]})
+    text = (tmp_path / "m.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"AP": None, "per": [1.5, None, [2, None]]}
+    write_json_atomic(tmp_path / "c.json", {"a": [1, 2]}, indent=None)
+    assert (tmp_path / "c.json").read_text() == '{"a": [1, 2]}'
 
 
 def test_a_stricter_umask_is_honoured(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -67,8 +68,28 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 
 def write_json_atomic(path: str | Path, data: Any, indent: int | None = 2) -> None:
-    """Write ``data`` as JSON (indented by default) through :func:`write_text_atomic`."""
-    write_text_atomic(path, json.dumps(data, indent=indent))
+    """Write ``data`` as standard JSON through :func:`write_text_atomic`.
+
+    NaN and infinities become ``null`` (JSON has no such numbers, and strict readers reject
+    Python's ``NaN`` token; e.g. the AP of a category without ground truth). ``indent=None`` writes
+    compact JSON, which ``json.dumps`` encodes in C: it matters for the millions of records of an
+    LVIS ``results.json``.
+    """
+    try:
+        text = json.dumps(data, indent=indent, allow_nan=False)
+    except ValueError:  # a NaN or infinity somewhere: only then walk the data
+        text = json.dumps(_finite_or_null(data), indent=indent, allow_nan=False)
+    write_text_atomic(path, text)
+
+
+def _finite_or_null(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(item) for item in value]
+    return value
 
 
 def temporary_directory_for(path: str | Path) -> Path:
