@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -66,8 +67,18 @@ def test_detect_keeps_good_images_beside_bad_ones_and_exits_1(reference_dir: Pat
     assert "(2 images, 4 failed)" in capsys.readouterr().out
 
 
-def test_detect_exits_0_when_every_image_succeeds(reference_dir: Path, tmp_path: Path) -> None:
-    assert _detect(reference_dir, [reference_dir / "glip_tiny_parity" / "case_a_astronaut.png"], tmp_path) == 0
+def test_detect_takes_a_folder_and_exits_0_when_every_image_succeeds(reference_dir: Path, tmp_path: Path) -> None:
+    source = reference_dir / "glip_tiny_parity" / "case_a_astronaut.png"
+    for folder in ("photos/a", "photos/b"):  # the same file name twice: both pictures are kept
+        (tmp_path / folder).mkdir(parents=True)
+        shutil.copy(source, tmp_path / folder / "shot.PNG")
+    (tmp_path / "photos" / "notes.txt").write_text("not an image, not an input")
+    out = tmp_path / "out"
+    assert _detect(reference_dir, [tmp_path / "photos"], out) == 0
+    report = json.loads((out / "detections.json").read_text())
+    assert [entry["image"] for entry in report] == [str(tmp_path / f"photos/{name}/shot.PNG") for name in "ab"]
+    assert len({entry["picture"] for entry in report}) == 2
+    assert all(Path(entry["picture"]).is_file() for entry in report)
 
 
 def test_detect_caption_with_spans(reference_dir: Path, tmp_path: Path) -> None:
@@ -159,7 +170,7 @@ def test_flag_combination_errors_are_one_line_with_exit_2(reference_dir: Path, t
 
 def test_demo_finds_every_object_of_the_scene(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert main(["demo", "--out", str(tmp_path), "--seed", "3"]) == 0
+    assert main(["demo", "--out", str(tmp_path)]) == 0  # the default scene: what `glip demo` shows
     report = json.loads((tmp_path / "detections.json").read_text())[0]
     assert Path(report["picture"]).is_file()
     truth = json.loads((tmp_path / "scene" / "detection.json").read_text())

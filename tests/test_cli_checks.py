@@ -241,3 +241,31 @@ def test_help_states_the_model_defaults(capsys) -> None:
         main(["eval", "coco", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "default: the model's test size, 800 for official presets, 224 for glip_nano" in text
+
+
+# ---- Ctrl-C ----------------------------------------------------------------------------------------
+
+
+def test_ctrl_c_in_eval_and_train_is_one_line_and_exit_130(tmp_path: Path, monkeypatch, capsys) -> None:
+    import glip.cli
+    import glip.evaluation.coco
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(glip.cli, "load_model_from_args", lambda args: None)
+    monkeypatch.setattr(glip.evaluation.coco, "evaluate_detection", interrupt)
+    monkeypatch.setattr("glip.training.loop.train_command", interrupt)
+    out = tmp_path / "eval"
+    recipe = _recipe(tmp_path / "recipe.yaml", tmp_path / "run")
+    for argv, where in (
+        (["eval", "coco", "--model", "m", "--annotations", "a.json", "--images", "i", "--out", str(out)],
+         f"{out / 'partial'} (go on with --resume)"),
+        (["train", str(recipe)], f"{tmp_path / 'run'} (go on with --resume)"),
+    ):
+        try:
+            code = main(argv)
+        except KeyboardInterrupt:  # escaping main would also stop pytest's whole session
+            pytest.fail("KeyboardInterrupt escaped glip.cli.main")
+        assert code == 130
+        assert capsys.readouterr().err == f"glip: interrupted; partial results kept in {where}\n"
