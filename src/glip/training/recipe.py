@@ -292,13 +292,12 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     model = result.get("model")
     if isinstance(model, str) and (base / model).is_dir():
         result["model"] = str(base / model)
-    sources = result.get("data", {}).get("sources") if isinstance(result.get("data"), dict) else None
-    if isinstance(sources, list):
-        for source in sources:
-            if isinstance(source, dict):
-                for key in _SOURCE_PATH_KEYS:
-                    if key in source:
-                        source[key] = _absolute(source[key], base)
+    section = result.get("data")
+    sources = section.get("sources") if isinstance(section, dict) else None
+    # Anything of the wrong shape is left for the typed parsing to report with its key.
+    for source in sources if isinstance(sources, list) else []:
+        if isinstance(source, dict):
+            source.update({key: _absolute(source[key], base) for key in _SOURCE_PATH_KEYS if key in source})
     return result
 
 
