@@ -220,6 +220,7 @@ def test_verbose_shows_the_traceback(tmp_path: Path, capsys) -> None:
 def test_eval_leaves_the_resize_to_the_model(tmp_path: Path, monkeypatch) -> None:
     """``glip eval`` passes None, so GLIP-Nano is evaluated at its own 224 (800 made its AP 0.28)."""
     import glip.evaluation.coco
+    import glip.evaluation.shapes
     from glip.pipeline import GLIP
 
     seen = {}
@@ -228,11 +229,17 @@ def test_eval_leaves_the_resize_to_the_model(tmp_path: Path, monkeypatch) -> Non
         seen.update(options, model=model)
         return SimpleNamespace(metrics={"AP": 0.5})
 
+    def fake_shapes(model, split_dir, **options):
+        seen.update(options, model=model)
+        return {"detection_AP": 0.5}
+
     monkeypatch.setattr(glip.evaluation.coco, "evaluate_detection", fake_evaluate)
-    assert main(["eval", "coco", "--model", "glip_nano", "--annotations", "a.json", "--images", "i",
-                 "--out", str(tmp_path / "eval")]) == 0
-    assert seen["min_size"] is None and seen["max_size"] is None
-    assert seen["model"].config.input.min_size_test == 224
+    monkeypatch.setattr(glip.evaluation.shapes, "evaluate_shapes_world", fake_shapes)
+    for protocol in (["coco", "--annotations", "a.json", "--images", "i"], ["shapes", "--split-dir", "s"]):
+        seen.clear()
+        assert main(["eval", *protocol, "--model", "glip_nano", "--out", str(tmp_path / "eval")]) == 0
+        assert seen["min_size"] is None and seen["max_size"] is None, protocol
+        assert seen["model"].config.input.min_size_test == 224
     assert GLIP.from_pretrained("glip_nano").config.input.min_size_test == 224
 
 

@@ -235,13 +235,12 @@ def _evaluate(model, args: argparse.Namespace) -> tuple[dict | None, dict[str, s
     from glip.evaluation.runner import RunOptions, process_group
 
     if args.protocol == "shapes":
-        from glip.evaluation.shapes import evaluate_shapes_world, write_report
+        from glip.evaluation.shapes import evaluate_shapes_world
 
         if process_group()[1] > 1:
-            raise ValueError("glip eval shapes runs in one process (not under torchrun)")
-        metrics = evaluate_shapes_world(model, args.split_dir, batch_size=args.batch_size)
-        args.out.mkdir(parents=True, exist_ok=True)
-        write_report(metrics, args.out / "metrics.json")
+            raise UsageError("glip eval shapes runs in one process (not under torchrun)")
+        metrics = evaluate_shapes_world(model, args.split_dir, batch_size=args.batch_size, min_size=args.min_size,
+                                        max_size=args.max_size, out=args.out)
         return metrics, None
     prompts = read_prompts_file(args.prompts) if getattr(args, "prompts", None) else None
     if args.protocol == "odinw":
@@ -445,8 +444,9 @@ def _add_eval_parsers(commands) -> None:
         sub.add_argument("--prompts", type=Path,
                          help='descriptive prompts JSON: {"category name": "prompt text"} or '
                               '{"category name": {"prefix": ..., "name": ..., "suffix": ...}}')
-    for sub in (coco, lvis, flickr, odinw):
+    for sub in (coco, lvis, flickr, odinw, shapes):
         _add_resize_arguments(sub)
+    for sub in (coco, lvis, flickr, odinw):
         sub.add_argument("--resume", action="store_true",
                          help="continue an interrupted run from OUT/partial (same model, data and options)")
         sub.add_argument("--save-every", type=positive_int, default=25,
