@@ -118,6 +118,9 @@ REQUIRED_VALUES: tuple[tuple[str, Any], ...] = (
 
 # Every key of the official config, one per line; "SECTION.*" takes any keys below it.
 OFFICIAL_KEYS_FILE = Path(__file__).with_name("official_keys.txt")
+# Keys the official tools/train_net.py and test scripts add to ``cfg`` before merging the YAML, so
+# the config.yml a training run saves has them too; they describe the run, not the model.
+RUNTIME_KEYS: tuple[str, ...] = ("local_rank", "num_gpus")
 
 
 class OfficialConfigError(ValueError):
@@ -129,7 +132,7 @@ def official_keys() -> tuple[frozenset[str], tuple[str, ...]]:
     """The official config's value keys and its open sections (each ending in ``.``)."""
     lines = [line.strip() for line in OFFICIAL_KEYS_FILE.read_text().splitlines()]
     names = [line for line in lines if line and not line.startswith("#")]
-    values = frozenset(name for name in names if not name.endswith(".*"))
+    values = frozenset(name for name in names if not name.endswith(".*")) | frozenset(RUNTIME_KEYS)
     sections = tuple(name[:-1] for name in names if name.endswith(".*"))
     return values, sections
 
