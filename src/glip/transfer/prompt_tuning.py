@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import Tensor
 
 from glip.files import temporary_directory_for
@@ -103,8 +103,9 @@ def save_prompt_tuned(model: GLIP, directory: str | Path, base: str, class_names
     directory = Path(directory)
     staging = temporary_directory_for(directory)
     try:
-        save_file({"offset": state[OFFSET_KEY].detach().cpu().contiguous()},
-                  staging / loading.PROMPT_TUNING_WEIGHTS, metadata={"format": "pt"})
+        # Bytes written by Python, not safetensors' save_file, which creates its files owner-only (0600).
+        offsets = {"offset": state[OFFSET_KEY].detach().cpu().contiguous()}
+        (staging / loading.PROMPT_TUNING_WEIGHTS).write_bytes(save(offsets, metadata={"format": "pt"}))
         (staging / loading.PROMPT_TUNING_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         if directory.exists():
             shutil.rmtree(directory)
