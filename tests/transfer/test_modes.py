@@ -110,6 +110,17 @@ def test_recipe_files_and_their_errors(tmp_path: Path) -> None:
         assert str(path) in str(error.value)
 
 
+def test_a_retired_progress_switch_is_warned_about_not_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Progress is always shown now; recipe files that still turn the bar off keep loading."""
+    path = tmp_path / "recipe.yaml"
+    path.write_text("progress_bar: false\nmax_steps: 7\n")
+    with caplog.at_level("WARNING", logger="glip.transfer.recipe"):
+        recipe = FinetuneRecipe.from_yaml(path)
+    assert recipe.max_steps == 7 and "progress_bar is ignored" in caplog.text and str(path) in caplog.text
+
+
 def test_full_data_runs_take_their_own_step_budget(
     recipe: FinetuneRecipe, train_split: CocoSplit, tmp_path: Path
 ) -> None:
