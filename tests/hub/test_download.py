@@ -27,6 +27,7 @@ def empty_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_ETAG_TIMEOUT", raising=False)
     return cache
 
 
@@ -70,6 +71,14 @@ def test_silent_endpoint_fails_fast(empty_hub: Path, silent_server: str, monkeyp
     elapsed, message = _load_and_time()
     assert elapsed < 5, f"took {elapsed:.1f} s"
     _assert_helpful(message, empty_hub)
+    assert "no answer within 1 s" in message and "HF_HUB_ETAG_TIMEOUT" in message
+
+
+def test_probe_waits_as_long_as_hf_hub_etag_timeout_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "12.5")
+    assert download.probe_timeout() == 12.5
+    monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "soon")
+    assert download.probe_timeout() == download.HUB_PROBE_TIMEOUT_S
 
 
 @pytest.mark.parametrize("how", ["environment", "constant"])

@@ -16,6 +16,7 @@ from glip.hub.presets import Preset
 
 # Seconds the reachability probe may take, DNS included: long enough for a slow link's first
 # answer, short enough that offline use fails at once instead of after the Hub client's retries.
+# HF_HUB_ETAG_TIMEOUT (the Hub client's own limit for such requests) replaces it when set.
 HUB_PROBE_TIMEOUT_S = 3.0
 
 _TRUE_VALUES = {"1", "ON", "YES", "TRUE"}
@@ -38,7 +39,15 @@ def hub_offline() -> bool:
     return any(os.environ.get(name, "").upper() in _TRUE_VALUES for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
-def probe_endpoint(url: str, timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
+def probe_timeout() -> float:
+    """Seconds the probe waits: ``HF_HUB_ETAG_TIMEOUT`` if set to a number, else :data:`HUB_PROBE_TIMEOUT_S`."""
+    try:
+        return float(os.environ["HF_HUB_ETAG_TIMEOUT"])
+    except (KeyError, ValueError):
+        return HUB_PROBE_TIMEOUT_S
+
+
+def probe_endpoint(url: str, timeout: float) -> str | None:
     """``None`` if ``url`` answers an HTTP HEAD within ``timeout`` seconds, else why not.
 
     One request, no retry, through the Hub client's session (so its proxies apply); it runs in a
@@ -61,7 +70,7 @@ def probe_endpoint(url: str, timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None
     thread = threading.Thread(target=request, name="glip-hub-probe", daemon=True)
     thread.start()
     thread.join(timeout)
-    return outcome[0] if outcome else f"no answer within {timeout:g} s"
+    return outcome[0] if outcome else f"no answer within {timeout:g} s; on a slow link raise HF_HUB_ETAG_TIMEOUT"
 
 
 def checkpoint_url(preset: Preset) -> str:
@@ -93,7 +102,7 @@ def download_preset_checkpoint(preset: Preset, cache_dir: str | Path | None = No
 
     Raises:
         CheckpointUnavailableError: not cached and offline (``HF_HUB_OFFLINE``) or the endpoint does
-            not answer within :data:`HUB_PROBE_TIMEOUT_S`; the message names the file, the repo and
+            not answer within :func:`probe_timeout`; the message names the file, the repo and
             where to put it.
     """
     from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
@@ -104,7 +113,7 @@ def download_preset_checkpoint(preset: Preset, cache_dir: str | Path | None = No
         return Path(cached)
     if hub_offline():
         raise unavailable_error(preset, cache_dir, "it is not in the local cache and HF_HUB_OFFLINE is set")
-    reason = probe_endpoint(checkpoint_url(preset))
+    reason = probe_endpoint(checkpoint_url(preset), probe_timeout())
     if reason is not None:
         raise unavailable_error(preset, cache_dir, f"not in the local cache and {constants.ENDPOINT} does not "
                                                    f"answer ({reason})")
