@@ -12,7 +12,7 @@ import pytest
 from eval_fixtures import coco_dict, lvis_dict, write_coco, write_mdetr_grounding
 from glip.evaluation.annotations import read_coco
 from glip.evaluation.coco import METRIC_NAMES, coco_metrics, evaluate_detection
-from glip.evaluation.flickr import read_grounding
+from glip.evaluation.grounding import read_grounding
 from glip.evaluation.lvis import lvis_metrics, read_lvis
 from glip.evaluation.runner import RunOptions
 

@@ -61,7 +61,15 @@ def test_errors_and_shapes(tiny_model_args: list[str], tmp_path: Path, capsys, m
 
     import glip.evaluation.shapes as shapes
 
-    monkeypatch.setattr(shapes, "evaluate_shapes_world", lambda model, split_dir, batch_size: {"detection_AP": 0.25})
+    calls = []
+
+    def fake(model, split_dir, batch_size, min_size, max_size, out):
+        calls.append((min_size, max_size))
+        shapes.write_report({"detection_AP": 0.25}, out / "metrics.json")
+        return {"detection_AP": 0.25}
+
+    monkeypatch.setattr(shapes, "evaluate_shapes_world", fake)
     assert main(["eval", "shapes", "--split-dir", str(tmp_path), "--out", str(tmp_path / "shapes"),
                  *tiny_model_args]) == 0
     assert json.loads((tmp_path / "shapes" / "metrics.json").read_text()) == {"detection_AP": 0.25}
+    assert calls == [(None, None)]  # the evaluation resolves the model's own test size

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from eval_fixtures import write_mdetr_grounding
-from glip.evaluation.flickr import evaluate_flickr, phrase_hits, read_grounding, recall_metrics
+from glip.evaluation.flickr import evaluate_flickr
+from glip.evaluation.grounding import phrase_hits, read_grounding, recall_metrics
 from glip.evaluation.runner import RunOptions
 
 

@@ -9,7 +9,12 @@ official ``+1`` width (``Detections.to_coco``) and scored with pycocotools.
 
 Outputs (``out=``): ``results.json`` (COCO results: ``image_id``, ``category_id``, ``bbox`` xywh,
 ``score``), ``metrics.json`` (``AP``, ``AP50``, ``AP75``, ``APs``, ``APm``, ``APl`` as fractions,
-``per_category_AP``, ``images``, ``fingerprint``) and ``per_category.md``.
+``per_category_AP``, ``images``, the test size ``min_size`` / ``max_size``, ``fingerprint``) and
+``per_category.md``.
+
+The test size defaults to the model config's (:func:`glip.evaluation.protocol.resolve_test_size`:
+800 / 1333 for official models, 224 for GLIP-Nano). The protocol is :class:`CocoProtocol`, run by
+the one evaluation skeleton :func:`glip.evaluation.protocol.evaluate`.
 """
 
 from __future__ import annotations
@@ -25,21 +30,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from glip.files import write_text_atomic
 from glip.evaluation.annotations import check_image_files, read_coco
 from glip.evaluation.prompts import CategoryText, build_category_prompts, category_texts
-from glip.evaluation.runner import (
-    RunOptions,
-    clear_partials,
-    file_digest,
-    finished_metrics,
-    fingerprint_digest,
-    model_digest,
-    run_batches,
-    write_json,
-)
+from glip.evaluation.protocol import check_output_folder, evaluate, resolve_test_size
+from glip.evaluation.runner import RunOptions, file_digest, model_digest, write_json
+from glip.modeling.postprocess import GroundingPostProcessor
+from glip.processing import Prompt
 
 logger = logging.getLogger(__name__)
 
@@ -141,54 +139,95 @@ def per_category_table(per_category_ap: Mapping[str, float], title: str = "AP pe
 
 def write_evaluation(out: Path, results: Any, metrics: dict[str, Any], per_category_ap: Mapping[str, float] | None,
                      title: str) -> None:
-    """Write ``results.json``, ``metrics.json`` (and ``per_category.md``) atomically, then remove
-    the partial results."""
+    """Write ``results.json``, ``metrics.json`` (and ``per_category.md``) atomically."""
     write_json(out / "results.json", results)
     if per_category_ap:
         write_text_atomic(out / "per_category.md", per_category_table(per_category_ap, title))
     write_json(out / "metrics.json", metrics, indent=2)
-    clear_partials(out)
 
 
 # --------------------------------------------------------------------------------------------------
-# Inference
+# The protocol
 # --------------------------------------------------------------------------------------------------
 
 
-def predict_coco_images(
+@dataclass
+class CocoProtocol:
+    """COCO box AP of class-list prompts on the images of a COCO file (:func:`evaluate`).
+
+    Each batch of images is detected against every prompt chunk at once (:meth:`GLIP.detect_batch`:
+    the backbone runs once, the best ``detections_per_image`` of the union are kept); labels map
+    back to category ids.
+    """
+
+    name: str
+    model: Any  # a glip.GLIP
+    data: dict[str, Any]
+    paths: list[Path]
+    prompts: list[Any]  # EncodedPrompt chunks sharing one label space
+    label_to_category: dict[int, int]
+    postprocessor: GroundingPostProcessor
+    test_size: tuple[int, int]
+    fingerprint: dict[str, Any]
+    category_ids: Sequence[int] | None = None
+
+    @property
+    def keys(self) -> list[Any]:
+        return [image["id"] for image in self.data["images"]]
+
+    def predict(self, indices: list[int]) -> list[list[dict[str, Any]]]:
+        """Per image, its COCO result records."""
+        batch = self.model.preprocess([self.paths[index] for index in indices], *self.test_size)
+        with torch.no_grad():
+            detections = self.model.detect_batch(batch.pixels.to(self.model.device), batch.image_sizes, self.prompts,
+                                                 self.postprocessor, batch.original_sizes)
+        return [image_detections.to("cpu").to_coco(self.data["images"][index]["id"], self.label_to_category)
+                for index, image_detections in zip(indices, detections)]
+
+    def score(self, results: list[list[dict[str, Any]]]) -> CocoEvaluation:
+        return coco_metrics(self.data, [record for records in results for record in records], self.category_ids)
+
+    def write(self, out: Path, evaluation: CocoEvaluation, fingerprint: str) -> None:
+        metrics = {**evaluation.metrics, "per_category_AP": evaluation.per_category_ap,
+                   "images": len(self.data["images"]), "min_size": self.test_size[0], "max_size": self.test_size[1],
+                   "fingerprint": fingerprint}
+        write_evaluation(out, evaluation.results, metrics, evaluation.per_category_ap, f"{self.name}: AP per category")
+
+    def restore(self, metrics: dict[str, Any]) -> CocoEvaluation:
+        return CocoEvaluation({name: metrics[name] for name in METRIC_NAMES},
+                              {name: (math.nan if value is None else value)
+                               for name, value in metrics.get("per_category_AP", {}).items()})
+
+
+def detection_protocol(
     model,
-    images: Sequence[dict[str, Any]],
+    annotation_file: str | Path,
+    data: dict[str, Any],
     image_dir: str | Path,
-    class_names: Sequence[str],
+    class_prompts: Sequence[Prompt],
     label_to_category: dict[int, int],
-    batch_size: int = 8,
+    *,
     min_size: int | None = None,
     max_size: int | None = None,
     max_detections: int | None = None,
-    desc: str = "eval",
-) -> list[dict[str, Any]]:
-    """COCO result records for ``images`` (COCO image entries) with the demo class-list prompt
-    (:meth:`GLIP.build_prompts`; used by the Shapes-world evaluation).
-
-    The image backbone runs once per batch; long class lists are chunked (labels stay global).
-    """
+    category_ids: Sequence[int] | None = None,
+    name: str = "coco",
+    model_fingerprint: str | None = None,
+) -> CocoProtocol:
+    """A :class:`CocoProtocol` of ``class_prompts`` (labels 1.. in ``label_to_category``) on the
+    images of a COCO file (``data``: its content, :func:`read_coco`); checks that they exist."""
     image_dir = Path(image_dir)
-    prompts = [model.encode_prompt(prompt) for prompt in model.build_prompts(classes=list(class_names))]
+    paths = [image_dir / entry["file_name"] for entry in data["images"]]
+    check_image_files(paths, annotation_file)
+    test_size = resolve_test_size(model, min_size, max_size)
     postprocessor = model.postprocessor(max_detections=max_detections)
-    results: list[dict[str, Any]] = []
-    for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False):
-        entries = images[start : start + batch_size]
-        try:
-            batch = model.preprocess([image_dir / entry["file_name"] for entry in entries], min_size, max_size)
-        except (OSError, ValueError) as error:
-            raise ValueError(f"{image_dir}: cannot read an image of batch starting at {entries[0]['file_name']}: "
-                             f"{error}") from error
-        with torch.no_grad():
-            detections = model.detect_batch(batch.pixels.to(model.device), batch.image_sizes, prompts, postprocessor,
-                                            batch.original_sizes)
-        for entry, image_detections in zip(entries, detections):
-            results.extend(image_detections.to("cpu").to_coco(entry["id"], label_to_category))
-    return results
+    fingerprint = {
+        "protocol": name, "annotations": file_digest(annotation_file), "images": str(image_dir.resolve()),
+        "model": model_fingerprint or model_digest(model), "prompts": [prompt.caption for prompt in class_prompts],
+        "min_size": test_size[0], "max_size": test_size[1], "max_detections": postprocessor.detections_per_image,
+    }
+    return CocoProtocol(name, model, data, paths, [model.encode_prompt(prompt) for prompt in class_prompts],
+                        label_to_category, postprocessor, test_size, fingerprint, category_ids)
 
 
 def evaluate_detection(
@@ -220,7 +259,7 @@ def evaluate_detection(
             file's (official OVERRIDE_CATEGORY); the metrics still cover the file's categories.
         chunk_size: categories per prompt (default: as many as fit, at most the head's
             ``num_classes`` score columns).
-        min_size / max_size: test resize (default: the model config's).
+        min_size / max_size: test resize (default: the model config's, :func:`resolve_test_size`).
         max_detections: detections kept per image (default: the config's, official 100).
         category_ids: compute the metrics over these categories only.
         allow_untokenized: keep categories whose name has no token (see :func:`build_category_prompts`).
@@ -233,56 +272,23 @@ def evaluate_detection(
         finished already); None on the other processes of a distributed run.
     """
     data = read_coco(annotation_file)
-    image_dir = Path(image_dir)
     prompt_categories = sorted(categories if categories is not None else data["categories"],
                                key=lambda category: category["id"])
     names = [str(category["name"]) for category in prompt_categories]
-    texts = category_texts(names, prompts, "--prompts")
     columns = model.config.head.num_classes
     class_prompts = build_category_prompts(
-        texts, model.tokenizer, model.config.language.max_query_len, min(chunk_size or columns, columns),
-        names=names, allow_untokenized=allow_untokenized,
+        category_texts(names, prompts, "--prompts"), model.tokenizer, model.config.language.max_query_len,
+        min(chunk_size or columns, columns), names=names, allow_untokenized=allow_untokenized,
     )
     label_to_category = {index + 1: category["id"] for index, category in enumerate(prompt_categories)}
     unprompted = sorted({category["id"] for category in data["categories"]} - set(label_to_category.values()))
     if unprompted:
         logger.warning("%s: categories %s are not in the prompt (they get AP 0)", annotation_file, unprompted)
-    images = data["images"]
-    paths = [image_dir / entry["file_name"] for entry in images]
-    check_image_files(paths, annotation_file)
-    postprocessor = model.postprocessor(max_detections=max_detections)
-    fingerprint = {
-        "protocol": protocol, "annotations": file_digest(annotation_file), "images": str(image_dir.resolve()),
-        "model": model_fingerprint or model_digest(model), "prompts": [prompt.caption for prompt in class_prompts],
-        "min_size": min_size, "max_size": max_size, "max_detections": postprocessor.detections_per_image,
-    }
-    done = finished_metrics(fingerprint, run)
-    if done is not None:
-        logger.info("%s: %s is finished already", protocol, run.out)
-        return CocoEvaluation({name: done[name] for name in METRIC_NAMES},
-                              {name: (math.nan if value is None else value)
-                               for name, value in done.get("per_category_AP", {}).items()})
-
-    encoded = [model.encode_prompt(prompt) for prompt in class_prompts]
-
-    def predict(indices: list[int]) -> list[list[dict[str, Any]]]:
-        batch = model.preprocess([paths[index] for index in indices], min_size, max_size)
-        with torch.no_grad():
-            detections = model.detect_batch(batch.pixels.to(model.device), batch.image_sizes, encoded, postprocessor,
-                                            batch.original_sizes)
-        return [image_detections.to("cpu").to_coco(images[index]["id"], label_to_category)
-                for index, image_detections in zip(indices, detections)]
-
-    per_image = run_batches([entry["id"] for entry in images], predict, fingerprint, run, desc=protocol)
-    if per_image is None:
-        return None
-    results = [record for records in per_image for record in records]
-    evaluation = coco_metrics(data, results, category_ids)
-    if run.out is not None:
-        metrics = {**evaluation.metrics, "per_category_AP": evaluation.per_category_ap, "images": len(images),
-                   "fingerprint": fingerprint_digest(fingerprint, run)}
-        write_evaluation(run.out, results, metrics, evaluation.per_category_ap, f"{protocol}: AP per category")
-    return evaluation
+    check_output_folder(run.out)
+    return evaluate(detection_protocol(model, annotation_file, data, image_dir, class_prompts, label_to_category,
+                                       min_size=min_size, max_size=max_size, max_detections=max_detections,
+                                       category_ids=category_ids, name=protocol, model_fingerprint=model_fingerprint),
+                    run)
 
 
 def evaluate_coco(

@@ -25,7 +25,7 @@ the ``lvis`` package).
 Outputs (``out=``): ``results.json`` (COCO results entering the fixed-AP evaluation: the best
 ``top_k`` per category), ``metrics.json`` (``AP``, ``AP50``, ``AP75``, ``APs``, ``APm``, ``APl``,
 ``APr``, ``APc``, ``APf`` as fractions, -1 where no category qualifies; ``per_category_AP``,
-``images``, ``fingerprint``) and ``per_category.md``.
+``images``, ``top_k``, ``min_size``, ``max_size``, ``fingerprint``) and ``per_category.md``.
 """
 
 from __future__ import annotations
@@ -48,14 +48,8 @@ from glip.evaluation.annotations import check_annotations, check_image_files, re
 from glip.evaluation.coco import ground_truth, write_evaluation
 from glip.evaluation.inference import detect_per_prompt
 from glip.evaluation.prompts import CategoryText, build_category_prompts, category_texts
-from glip.evaluation.runner import (
-    RunOptions,
-    file_digest,
-    finished_metrics,
-    fingerprint_digest,
-    model_digest,
-    run_batches,
-)
+from glip.evaluation.protocol import check_output_folder, evaluate, resolve_test_size
+from glip.evaluation.runner import RunOptions, file_digest, model_digest
 from glip.modeling.postprocess import GroundingPostProcessor
 
 logger = logging.getLogger(__name__)
@@ -223,6 +217,59 @@ def lvis_metrics(
     return LvisEvaluation(metrics, per_category, pooled)
 
 
+@dataclass
+class LvisProtocol:
+    """Fixed-AP LVIS evaluation (:func:`evaluate`): every 40-class chunk keeps its own best
+    detections per image; only detections that may still be in their category's top k are kept."""
+
+    model: Any  # a glip.GLIP
+    data: dict[str, Any]
+    paths: list[Path]
+    prompts: list[Any]  # EncodedPrompt chunks
+    label_to_category: dict[int, int]
+    postprocessor: GroundingPostProcessor
+    test_size: tuple[int, int]
+    fingerprint: dict[str, Any]
+    top_k: int
+    name: str = "lvis"
+    floor: CategoryFloor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.floor = CategoryFloor(self.top_k)
+
+    @property
+    def keys(self) -> list[Any]:
+        return [image["id"] for image in self.data["images"]]
+
+    def predict(self, indices: list[int]) -> list[list[list[float]]]:
+        """Per image, rows ``[category_id, score, x, y, w, h]`` that may still be in a top k."""
+        batch = self.model.preprocess([self.paths[index] for index in indices], *self.test_size)
+        per_image = detect_per_prompt(self.model, batch, self.prompts, self.postprocessor)
+        rows = []
+        for index, chunks in zip(indices, per_image):
+            image_id = self.data["images"][index]["id"]
+            records = [record for chunk in chunks for record in chunk.to_coco(image_id, self.label_to_category)]
+            rows.append([[record["category_id"], record["score"], *record["bbox"]] for record in records
+                         if self.floor.keep(record["category_id"], record["score"])])
+        return rows
+
+    def score(self, results: list[list[list[float]]]) -> LvisEvaluation:
+        records = [{"image_id": image["id"], "category_id": int(row[0]), "bbox": row[2:], "score": row[1]}
+                   for image, rows in zip(self.data["images"], results) for row in rows]
+        return lvis_metrics(self.data, records, self.top_k)
+
+    def write(self, out: Path, evaluation: LvisEvaluation, fingerprint: str) -> None:
+        metrics = {**evaluation.metrics, "per_category_AP": evaluation.per_category_ap,
+                   "images": len(self.data["images"]), "top_k": self.top_k, "min_size": self.test_size[0],
+                   "max_size": self.test_size[1], "fingerprint": fingerprint}
+        write_evaluation(out, evaluation.results, metrics, evaluation.per_category_ap, "LVIS fixed AP per category")
+
+    def restore(self, metrics: dict[str, Any]) -> LvisEvaluation:
+        return LvisEvaluation({name: metrics[name] for name in METRIC_NAMES},
+                              {name: (math.nan if value is None else value)
+                               for name, value in metrics.get("per_category_AP", {}).items()})
+
+
 def evaluate_lvis(
     model,
     annotation_file: str | Path,
@@ -248,7 +295,7 @@ def evaluate_lvis(
         image_dir: the COCO folder holding the split folders of the images' ``coco_url`` (else of their
             ``file_name``).
         batch_size: images per forward pass.
-        min_size / max_size: test resize (default: the model config's).
+        min_size / max_size: test resize (default: the model config's, :func:`resolve_test_size`).
         chunk_size: categories per prompt (official 40).
         max_detections: detections kept per image and chunk query (official 300).
         top_k: detections kept per category over the dataset (official 10000).
@@ -261,55 +308,25 @@ def evaluate_lvis(
     run = run or RunOptions(batch_size, Path(out) if out is not None else None, resume, progress=progress)
     data = read_lvis(annotation_file)
     image_dir = Path(image_dir)
+    paths = [lvis_image_path(image, image_dir) for image in data["images"]]
+    check_image_files(paths, annotation_file)
+    check_output_folder(run.out)
     categories = sorted(data["categories"], key=lambda category: category["id"])
     names = [str(category["name"]) for category in categories]
     class_prompts = build_category_prompts(category_texts(names, prompts, "--prompts"), model.tokenizer,
                                            model.config.language.max_query_len, chunk_size, names=names)
     logger.info("%d LVIS categories in %d prompts", len(names), len(class_prompts))
-    label_to_category = {index + 1: category["id"] for index, category in enumerate(categories)}
-    images = data["images"]
-    paths = [lvis_image_path(image, image_dir) for image in images]
-    check_image_files(paths, annotation_file)
-
-    encoded = [model.encode_prompt(prompt) for prompt in class_prompts]
     # The official LVIS run scores up to 3000 label columns (TEST.MDETR_STYLE_AGGREGATE_CLASS_NUM),
     # so the head's num_classes does not bound a chunk here.
     settings = dataclasses.replace(model.config.postprocess, detections_per_image=max_detections)
-    postprocessor = GroundingPostProcessor.from_config(settings, num_label_columns=None)
-
-    floor = CategoryFloor(top_k)
-
-    def predict(indices: list[int]) -> list[list[list[float]]]:
-        """Per image, rows ``[category_id, score, x, y, w, h]`` that may still be in a top k."""
-        batch = model.preprocess([paths[index] for index in indices], min_size, max_size)
-        per_image = detect_per_prompt(model, batch, encoded, postprocessor)
-        rows = []
-        for index, chunks in zip(indices, per_image):
-            records = [record for chunk in chunks for record in chunk.to_coco(images[index]["id"], label_to_category)]
-            rows.append([[record["category_id"], record["score"], *record["bbox"]] for record in records
-                         if floor.keep(record["category_id"], record["score"])])
-        return rows
-
+    test_size = resolve_test_size(model, min_size, max_size)
     fingerprint = {
         "protocol": "lvis", "annotations": file_digest(annotation_file), "images": str(image_dir.resolve()),
         "model": model_digest(model), "prompts": [prompt.caption for prompt in class_prompts],
-        "min_size": min_size, "max_size": max_size, "max_detections": max_detections, "top_k": top_k,
+        "min_size": test_size[0], "max_size": test_size[1], "max_detections": max_detections, "top_k": top_k,
     }
-    done = finished_metrics(fingerprint, run)
-    if done is not None:
-        logger.info("lvis: %s is finished already", run.out)
-        return LvisEvaluation({name: done[name] for name in METRIC_NAMES},
-                              {name: (math.nan if value is None else value)
-                               for name, value in done.get("per_category_AP", {}).items()})
-    per_image = run_batches([image["id"] for image in images], predict, fingerprint, run, desc="lvis")
-    if per_image is None:
-        return None
-    records = [{"image_id": image["id"], "category_id": int(row[0]), "bbox": row[2:], "score": row[1]}
-               for image, rows in zip(images, per_image) for row in rows]
-    evaluation = lvis_metrics(data, records, top_k)
-    if run.out is not None:
-        metrics = {**evaluation.metrics, "per_category_AP": evaluation.per_category_ap, "images": len(images),
-                   "top_k": top_k, "fingerprint": fingerprint_digest(fingerprint, run)}
-        write_evaluation(run.out, evaluation.results, metrics, evaluation.per_category_ap,
-                         "LVIS fixed AP per category")
-    return evaluation
+    protocol = LvisProtocol(model, data, paths, [model.encode_prompt(prompt) for prompt in class_prompts],
+                            {index + 1: category["id"] for index, category in enumerate(categories)},
+                            GroundingPostProcessor.from_config(settings, num_label_columns=None), test_size,
+                            fingerprint, top_k)
+    return evaluate(protocol, run)

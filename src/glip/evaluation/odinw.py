@@ -9,7 +9,8 @@ DATASETS.USE_CAPTION_PROMPT on):
 * custom prompts of a few categories (CAPTION_PROMPT, 35-suite configs only);
 * the evaluated split (DATASETS.TEST): ``valid``, or ``mini_val`` for the large data sets; the
   test split is available with ``split="test"``;
-* test resize 800 / 1333, 100 detections per image.
+* test resize 800 / 1333 (by default the model config's test size, which is that for official
+  models: :func:`glip.evaluation.protocol.resolve_test_size`), 100 detections per image.
 
 Data sets are laid out as published (``odinw/download.py``; the official configs' paths below the
 ``DATASET/odinw`` root): ``<root>/<folder>/<split>/annotations_without_background.json`` with the
@@ -35,6 +36,7 @@ from typing import Any
 
 from glip.evaluation.coco import METRIC_NAMES, evaluate_detection
 from glip.evaluation.prompts import CategoryText, clean_name
+from glip.evaluation.protocol import check_output_folder
 from glip.files import write_text_atomic
 from glip.evaluation.runner import (
     DEFAULT_SAVE_EVERY,
@@ -45,10 +47,6 @@ from glip.evaluation.runner import (
 )
 
 logger = logging.getLogger(__name__)
-
-# Official test resize of every ODinW config (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST).
-ODINW_MIN_SIZE, ODINW_MAX_SIZE = 800, 1333
-
 
 @dataclass(frozen=True)
 class OdinwDataset:
@@ -434,8 +432,8 @@ def evaluate_odinw(
     split: str = "val",
     prompts: Mapping[str, CategoryText] | None = None,
     batch_size: int = 8,
-    min_size: int = ODINW_MIN_SIZE,
-    max_size: int = ODINW_MAX_SIZE,
+    min_size: int | None = None,
+    max_size: int | None = None,
     resume: bool = False,
     progress: bool = True,
     save_every: int = DEFAULT_SAVE_EVERY,
@@ -450,7 +448,7 @@ def evaluate_odinw(
         datasets: evaluate only these data sets of the suite.
         split: "val" (the split of the official configs) or "test".
         prompts: descriptive prompts per category name, used in every data set with such a category.
-        batch_size, min_size, max_size: as ``glip eval coco``.
+        batch_size, min_size, max_size: as ``glip eval coco`` (sizes default to the model config's).
         resume: continue an interrupted suite: finished data sets are read back, the others resume
             from their partial results.
         progress: show progress bars.
@@ -463,6 +461,7 @@ def evaluate_odinw(
     selected = select_datasets(suite, datasets)
     root = resolve_root(root)
     out = Path(out)
+    check_output_folder(out)
     unused = [key for key in (prompts or {}) if not any(_names_a_category(key, dataset) for dataset in selected)]
     if unused:
         raise ValueError(f"--prompts: no category of the selected data sets is named {', '.join(map(repr, unused))}")
