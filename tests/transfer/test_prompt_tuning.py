@@ -146,6 +146,8 @@ def test_a_prompt_tuned_folder_is_its_offsets_and_reloads_to_the_same_detections
     loaded = GLIP.from_pretrained(folder)
     expected, got = model.eval().predict(image), loaded.predict(image)
     assert _same(expected, got) and len(got) > 0
+    # Tuning a tuned prompt again refers to the first base: offsets replace offsets, never stack.
+    assert base_reference(folder) == base_reference(base) and base_reference("glip_nano") == "glip_nano"
 
     # Offsets tuned on other weights would silently detect worse: a changed base is an error.
     tiny_model(seed=1).save_pretrained(base)

@@ -164,6 +164,7 @@ def finetune_command(
     return finetune(recipe, mode, train, out, shots=shots, seed=seed, prompts=class_prompts, test_split=test)
 
 
+# CocoSplit is imported from here by the CLI (it lives in .data).
 __all__ = [
     "CocoSplit",
     "FinetuneResult",
