@@ -187,8 +187,8 @@ def command_demo(args: argparse.Namespace) -> int:
         image = sorted(paths["images"].iterdir())[0]
         model = GLIP.from_pretrained(args.model, device=args.device)
         report = detect_images(model, [str(image)], out, classes=classes, options=_detect_options(args))
-    if "error" in report[0]:
-        raise ValueError(report[0]["error"])
+    if "error" in report[0]:  # the drawn scene could not be read back: a run-time failure
+        raise RuntimeError(report[0]["error"])
     for phrase, score, box in zip(report[0]["phrases"], report[0]["scores"], report[0]["boxes"]):
         print(f"{phrase:>16s} {score:.2f} [{', '.join(f'{v:.0f}' for v in box)}]")
     print(f"wrote {report[0]['picture']} and {out / 'detections.json'}")
