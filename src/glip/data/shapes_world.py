@@ -733,20 +733,9 @@ def synthesize(
     seed, num_images = int(seed), int(num_images)
     out_dir = Path(out_dir).expanduser().absolute()
     is_transfer = split.startswith("transfer")
-    shapes = TRANSFER_SHAPES if is_transfer else SHAPES
     held_out = frozenset(HELD_OUT_PAIRS) if split == "train" else frozenset()
 
-    shape_categories = [{"id": k + 1, "name": name, "supercategory": "shape"} for k, name in enumerate(shapes)]
-    pair_categories = [
-        {"id": k + 1, "name": name, "supercategory": "pair"} for k, name in enumerate(PAIRS) if name not in held_out
-    ]
-    images: list[dict[str, Any]] = []
-    detections: list[dict[str, Any]] = []
-    pairs: list[dict[str, Any]] = []
-    grounding_images: list[dict[str, Any]] = []
-    groundings: list[dict[str, Any]] = []
-    captions: list[dict[str, str]] = []
-
+    annotations = _SplitAnnotations(is_transfer, TRANSFER_SHAPES if is_transfer else SHAPES, held_out)
     staging = _prepare_out_dir(out_dir, overwrite)
     try:
         (staging / "images").mkdir()
@@ -754,74 +743,107 @@ def synthesize(
             scene = sample_scene(seed, split, index)
             file_name = f"{index:06d}.png"
             (staging / "images" / file_name).write_bytes(encode_png(render_scene(scene)))
-            image_id = index + 1
-            images.append({"id": image_id, "file_name": file_name, "width": CANVAS_SIZE, "height": CANVAS_SIZE})
-            for item in scene.objects:
-                bbox, area = _coco_box(item.box)
-                common = {"image_id": image_id, "bbox": bbox, "area": area, "iscrowd": 0}
-                detections.append({"id": len(detections) + 1, "category_id": shapes.index(item.shape) + 1, **common})
-                if not is_transfer and item.pair not in held_out:
-                    pairs.append({"id": len(pairs) + 1, "category_id": PAIRS.index(item.pair) + 1, **common})
-            for caption in scene.captions:
-                entry_id = len(grounding_images) + 1
-                spans = [[start, end] for _, start, end in caption.groundings]
-                grounding_images.append(
-                    {
-                        "id": entry_id,
-                        "file_name": file_name,
-                        "width": CANVAS_SIZE,
-                        "height": CANVAS_SIZE,
-                        "caption": caption.text,
-                        "original_img_id": image_id,
-                        "tokens_positive_eval": [[span] for span in spans],
-                    }
-                )
-                for phrase_id, (obj, start, end) in enumerate(caption.groundings):
-                    item = scene.objects[obj]
-                    bbox, area = _coco_box(item.box)
-                    groundings.append(
-                        {
-                            "id": len(groundings) + 1,
-                            "image_id": entry_id,
-                            "category_id": shapes.index(item.shape) + 1,
-                            "bbox": bbox,
-                            "area": area,
-                            "iscrowd": 0,
-                            "tokens_positive": [[start, end]],
-                            "phrase_ids": phrase_id,
-                        }
-                    )
-                captions.append({"file_name": file_name, "caption": caption.text})
-
-        paths = {"images": out_dir / "images"}
-        detection = {"images": images, "annotations": detections, "categories": shape_categories}
-        _write_json(staging / "detection.json", detection)
-        paths["detection"] = out_dir / "detection.json"
-        if not is_transfer:
-            _write_json(staging / "pairs.json", {"images": images, "annotations": pairs, "categories": pair_categories})
-            paths["pairs"] = out_dir / "pairs.json"
-        grounding = {"images": grounding_images, "annotations": groundings, "categories": shape_categories}
-        _write_json(staging / "grounding.json", grounding)
-        paths["grounding"] = out_dir / "grounding.json"
-        _write_json(staging / "captions.json", captions)
-        paths["captions"] = out_dir / "captions.json"
+            annotations.add(scene, index + 1, file_name)
         info = {
             "generator": "glip.data.shapes_world",
             "format_version": FORMAT_VERSION,
             "split": split,
             "seed": seed,
             "num_images": num_images,
-            "num_captions": len(captions),
+            "num_captions": len(annotations.captions),
             "held_out_pairs": sorted(held_out),
         }
-        _write_json(staging / "info.json", info)
-        paths["info"] = out_dir / "info.json"
+        names = annotations.write(staging, info)
         _publish(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     logger.info(
         "wrote %d images, %d boxes, %d captions (%s, seed %d) to %s",
-        num_images, len(detections), len(captions), split, seed, out_dir,
+        num_images, len(annotations.detections), len(annotations.captions), split, seed, out_dir,
     )  # fmt: skip
-    return paths
+    return {"images": out_dir / "images", **{name: out_dir / f"{name}.json" for name in names}}
+
+
+class _SplitAnnotations:
+    """The annotation files of a split, gathered scene by scene: detection (shapes), pairs
+    (colour-shape classes, not for transfer splits), grounding (one entry per caption) and captions."""
+
+    def __init__(self, is_transfer: bool, shapes: Sequence[str], held_out: frozenset[str]) -> None:
+        self.is_transfer = is_transfer
+        self.shapes = list(shapes)
+        self.held_out = held_out
+        self.images: list[dict[str, Any]] = []
+        self.detections: list[dict[str, Any]] = []
+        self.pairs: list[dict[str, Any]] = []
+        self.grounding_images: list[dict[str, Any]] = []
+        self.groundings: list[dict[str, Any]] = []
+        self.captions: list[dict[str, str]] = []
+
+    def add(self, scene: Scene, image_id: int, file_name: str) -> None:
+        self.images.append({"id": image_id, "file_name": file_name, "width": CANVAS_SIZE, "height": CANVAS_SIZE})
+        for item in scene.objects:
+            bbox, area = _coco_box(item.box)
+            common = {"image_id": image_id, "bbox": bbox, "area": area, "iscrowd": 0}
+            self.detections.append(
+                {"id": len(self.detections) + 1, "category_id": self.shapes.index(item.shape) + 1, **common}
+            )
+            if not self.is_transfer and item.pair not in self.held_out:
+                self.pairs.append({"id": len(self.pairs) + 1, "category_id": PAIRS.index(item.pair) + 1, **common})
+        for caption in scene.captions:
+            self._add_caption(scene, caption, image_id, file_name)
+
+    def _add_caption(self, scene: Scene, caption: Caption, image_id: int, file_name: str) -> None:
+        entry_id = len(self.grounding_images) + 1
+        spans = [[start, end] for _, start, end in caption.groundings]
+        self.grounding_images.append(
+            {
+                "id": entry_id,
+                "file_name": file_name,
+                "width": CANVAS_SIZE,
+                "height": CANVAS_SIZE,
+                "caption": caption.text,
+                "original_img_id": image_id,
+                "tokens_positive_eval": [[span] for span in spans],
+            }
+        )
+        for phrase_id, (obj, start, end) in enumerate(caption.groundings):
+            item = scene.objects[obj]
+            bbox, area = _coco_box(item.box)
+            self.groundings.append(
+                {
+                    "id": len(self.groundings) + 1,
+                    "image_id": entry_id,
+                    "category_id": self.shapes.index(item.shape) + 1,
+                    "bbox": bbox,
+                    "area": area,
+                    "iscrowd": 0,
+                    "tokens_positive": [[start, end]],
+                    "phrase_ids": phrase_id,
+                }
+            )
+        self.captions.append({"file_name": file_name, "caption": caption.text})
+
+    def write(self, folder: Path, info: dict[str, Any]) -> list[str]:
+        """Write the files (and ``info``) into ``folder``; their names without ``.json``."""
+        shape_categories = [
+            {"id": k + 1, "name": name, "supercategory": "shape"} for k, name in enumerate(self.shapes)
+        ]
+        files: dict[str, Any] = {
+            "detection": {"images": self.images, "annotations": self.detections, "categories": shape_categories}
+        }
+        if not self.is_transfer:
+            pair_categories = [
+                {"id": k + 1, "name": name, "supercategory": "pair"}
+                for k, name in enumerate(PAIRS)
+                if name not in self.held_out
+            ]
+            files["pairs"] = {"images": self.images, "annotations": self.pairs, "categories": pair_categories}
+        files["grounding"] = {
+            "images": self.grounding_images, "annotations": self.groundings, "categories": shape_categories
+        }
+        files["captions"] = self.captions
+        files["info"] = info
+        for name, content in files.items():
+            _write_json(folder / f"{name}.json", content)
+        return list(files)
