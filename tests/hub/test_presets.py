@@ -20,3 +20,20 @@ def test_only_glip_nano_preset_uses_class_agnostic_nms() -> None:
 
     agnostic = {name for name, preset in PRESETS.items() if preset.config.postprocess.class_agnostic_nms}
     assert agnostic == {"glip_nano"}
+
+
+def test_bundled_glip_nano_config_is_the_presets() -> None:
+    """The shipped GLIP-Nano folder and its preset describe one model (the folder names its own vocab)."""
+    import dataclasses
+    import json
+
+    from glip.config import GLIPConfig
+    from glip.hub.loading import CONFIG_FILE, bundled_weights_dir
+    from glip.hub.presets import PRESETS
+
+    preset = PRESETS["glip_nano"]
+    document = json.loads((bundled_weights_dir() / preset.bundled / CONFIG_FILE).read_text())
+    bundled = GLIPConfig.from_dict(document["config"])
+    assert dataclasses.replace(bundled, language=dataclasses.replace(bundled.language, tokenizer="")) == \
+        dataclasses.replace(preset.config, language=dataclasses.replace(preset.config.language, tokenizer=""))
+    assert document["metadata"]["default_threshold"] == preset.default_threshold
