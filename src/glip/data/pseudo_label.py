@@ -12,13 +12,16 @@ import logging
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
 from glip import quirks
 from glip.files import write_json_atomic
 from glip.processing import load_image
+
+if TYPE_CHECKING:  # glip.pipeline imports the whole model: only when it is called
+    from glip.pipeline import GLIP
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +58,7 @@ def read_caption_pairs(path: str | Path) -> list[dict[str, str]]:
 
 
 def pseudo_label(
-    model,
+    model: GLIP,
     captions_file: str | Path,
     image_dir: str | Path,
     out_file: str | Path,
@@ -100,18 +103,7 @@ def pseudo_label(
             "height": image.height, "width": image.width, "original_img_id": image_id,
             "tokens_positive_eval": [[list(span)] for span in spans],
         })
-        for box, score, label in zip(detections.boxes.tolist(), detections.scores.tolist(),
-                                     detections.labels.tolist()):
-            if score < threshold:  # whatever the teacher's own thresholding (e.g. per-phrase rules)
-                continue
-            x1, y1, x2, y2 = box
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": image_id, "category_id": 1, "iscrowd": 0,
-                # Inclusive corners -> COCO xywh with the legacy +1 width (quirks.TO_REMOVE).
-                "bbox": [x1, y1, x2 - x1 + quirks.TO_REMOVE, y2 - y1 + quirks.TO_REMOVE],
-                "area": (x2 - x1 + quirks.TO_REMOVE) * (y2 - y1 + quirks.TO_REMOVE),
-                "tokens_positive": [list(spans[label - 1])], "phrase_ids": label - 1, "score": score,
-            })
+        annotations.extend(_grounding_annotations(detections, spans, image_id, threshold, len(annotations) + 1))
     stats["boxes"] = len(annotations)
     write_json_atomic(Path(out_file), {
         "images": images, "annotations": annotations,
@@ -120,3 +112,29 @@ def pseudo_label(
     })
     return stats
 
+
+def _grounding_annotations(
+    detections: Any, spans: list[tuple[int, int]], image_id: int, threshold: float, first_id: int
+) -> list[dict[str, Any]]:
+    """MDETR annotations of the teacher's boxes scoring at least ``threshold``.
+
+    Args:
+        detections: ``boxes [N, 4]`` inclusive xyxy in image pixels, ``scores [N]``, ``labels [N]``
+            (1-based index of the phrase in ``spans``).
+        spans: the caption's phrase spans.
+        image_id: the grounding image entry.
+        first_id: the id of the first annotation.
+    """
+    annotations = []
+    for box, score, label in zip(detections.boxes.tolist(), detections.scores.tolist(), detections.labels.tolist()):
+        if score < threshold:  # whatever the teacher's own thresholding (e.g. per-phrase rules)
+            continue
+        x1, y1, x2, y2 = box
+        # Inclusive corners -> COCO xywh with the legacy +1 width (quirks.TO_REMOVE).
+        width, height = x2 - x1 + quirks.TO_REMOVE, y2 - y1 + quirks.TO_REMOVE
+        annotations.append({
+            "id": first_id + len(annotations), "image_id": image_id, "category_id": 1, "iscrowd": 0,
+            "bbox": [x1, y1, width, height], "area": width * height,
+            "tokens_positive": [list(spans[label - 1])], "phrase_ids": label - 1, "score": score,
+        })
+    return annotations
