@@ -368,8 +368,9 @@ def _verbose_parent() -> argparse.ArgumentParser:
     return parent
 
 
-def _command(commands, name: str, help: str, epilog: str | None = EXIT_EPILOG) -> argparse.ArgumentParser:
-    return commands.add_parser(name, help=help, epilog=epilog, parents=[_verbose_parent()],
+def _command(commands, name: str, summary: str, epilog: str | None = EXIT_EPILOG) -> argparse.ArgumentParser:
+    """A leaf subcommand: its one-line ``summary``, ``-v``, and the exit statuses after its flags."""
+    return commands.add_parser(name, help=summary, epilog=epilog, parents=[_verbose_parent()],
                                formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
