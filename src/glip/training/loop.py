@@ -1,5 +1,9 @@
 """The training loop: ``train(recipe)``, a plain loop in the manner of DETR's ``engine.py``.
 
+``train`` reads as its three stages: :func:`set_up` (model, data, optimizer, schedule; restored
+from the latest checkpoint when resuming), :func:`train_one_epoch` until the steps run out, and
+:func:`finish` (the final model folders). A progress bar runs from the start of the set-up.
+
 One step (official ``engine/trainer.py:do_train``): forward a batch (under autocast when asked),
 the GLIP losses, their sum backward (through a gradient scaler for fp16), clip the gradient norm of
 the whole model, AdamW step, schedule step, EMA update. Every ``log_every`` steps the loss terms,
@@ -7,7 +11,8 @@ learning rate, gradient norm and images/s are logged and appended to ``metrics.j
 ``checkpoint_every`` steps a resumable checkpoint is saved (:mod:`.checkpoint`). A non-finite loss
 stops the run (the official code zeroes it and goes on), naming the step and terms; the last good
 checkpoint stays the ``latest``. At the end the weights go to ``output_dir/model`` (and the EMA
-weights to ``output_dir/model_ema``), loadable with ``GLIP.from_pretrained``.
+weights to ``output_dir/model_ema``), loadable with ``GLIP.from_pretrained``;
+:func:`train_command` returns that folder.
 
 Run on one process with ``glip train recipe.yaml`` or on several with
 ``torchrun --nproc_per_node=N -m glip.training.loop recipe.yaml``.
@@ -307,6 +312,7 @@ class _Progress:
         self.log_every = recipe.log_every
         self.batch_size = recipe.batch_size
         self.is_main = context.is_main
+        self.total = 0  # steps of the run, known once the data is read (see start)
         self.bar = tqdm(desc="train: setting up", unit="step", disable=not (context.is_main and recipe.progress_bar),
                         dynamic_ncols=True)
         self.window_start, self.window_images = time.perf_counter(), 0
