@@ -76,6 +76,16 @@ def test_unknown_key_is_named() -> None:
         convert_official_state_dict({"module.backbone.body.norm1.weight": torch.zeros(1), "module.weird": torch.zeros(1)})
 
 
+def test_checkpoint_of_unknown_layout_names_the_file(tmp_path: Path, reference_dir: Path) -> None:
+    from glip.hub.loading import official_checkpoint_and_config
+
+    path = tmp_path / "other_model.pth"
+    torch.save({"model": {"module.classifier.weight": torch.zeros(2)}}, path)
+    folder = reference_dir / "glip_tiny_parity"
+    with pytest.raises(CheckpointError, match=r"other_model\.pth match no conversion rule.*module\.classifier"):
+        official_checkpoint_and_config(path, folder / "config.yaml", folder / "text_config.json")
+
+
 def test_strict_check_lists_missing_unexpected_and_shapes() -> None:
     model = torch.nn.Linear(2, 3)
     with pytest.raises(CheckpointError) as error:

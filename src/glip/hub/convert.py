@@ -128,13 +128,14 @@ def rename_official_key(key: str, fusion_enabled: bool) -> str | None:
 
 
 def convert_official_state_dict(
-    official: Mapping[str, Tensor], fusion_enabled: bool = True
+    official: Mapping[str, Tensor], fusion_enabled: bool = True, source: str = "the checkpoint"
 ) -> dict[str, Tensor]:
     """Rename an official state dict to this package's names.
 
     Args:
         official: the ``"model"`` dict of an official checkpoint (``module.`` prefix optional).
         fusion_enabled: whether the tower has VLFuse blocks (False for GLIP-T (A)).
+        source: the checkpoint's file, named in errors.
 
     Raises:
         CheckpointError: naming every key that matches no rule.
@@ -152,7 +153,7 @@ def convert_official_state_dict(
             converted[name] = value
     if unknown:
         raise CheckpointError(
-            f"{len(unknown)} checkpoint keys match no conversion rule (is it a GLIP checkpoint of a "
+            f"{len(unknown)} keys of {source} match no conversion rule (is it a GLIP checkpoint of a "
             f"supported architecture?): {unknown[:20]}{' ...' if len(unknown) > 20 else ''}"
         )
     return converted

@@ -70,7 +70,7 @@ def official_checkpoint_and_config(
         fusion_embed_dim=fusion_width_from_state_dict(official),
         tokenizer=str(tokenizer) if tokenizer is not None else "bert-base-uncased",
     )
-    state_dict = convert_official_state_dict(official, fusion_enabled=glip_config.fusion.enabled)
+    state_dict = convert_official_state_dict(official, glip_config.fusion.enabled, source=str(checkpoint))
     return glip_config, state_dict
 
 
