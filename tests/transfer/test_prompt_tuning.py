@@ -156,3 +156,27 @@ def test_a_prompt_tuned_folder_is_its_offsets_and_reloads_to_the_same_detections
     shutil.rmtree(base)
     with pytest.raises(FileNotFoundError, match="tuned.*its base model is missing"):
         GLIP.from_pretrained(folder)
+
+
+def test_a_hub_preset_base_is_named_by_its_preset(
+    image: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A base downloaded from the Hub is stored by name and converted again on load (stubbed here)."""
+    from glip.hub import loading
+    from glip.hub.presets import Preset
+    from glip.transfer.prompt_tuning import base_reference, save_prompt_tuned
+
+    weights = tiny_model().state_dict()
+    monkeypatch.setitem(loading.PRESETS, "tiny_hub", Preset("tiny_hub", "test", tiny_model().config, "tiny.pth",
+                                                          default_threshold=0.0))
+    monkeypatch.setattr(loading, "download_preset_checkpoint", lambda preset: tmp_path / preset.checkpoint)
+    monkeypatch.setattr(loading, "read_official_checkpoint", lambda path: {"checkpoint": path})
+    monkeypatch.setattr(loading, "convert_official_state_dict",
+                        lambda official, fusion_enabled: {key: value.clone() for key, value in weights.items()})
+    model = GLIP.from_pretrained("tiny_hub")
+    model.prompt_offset = PromptOffset(64, 32, CLASSES)
+    model.prompt_offset.offset.data.copy_(torch.randn(64, 32, generator=torch.Generator().manual_seed(5)))
+    folder = save_prompt_tuned(model, tmp_path / "tuned", base_reference("tiny_hub"), CLASSES)
+    assert json.loads((folder / PROMPT_TUNING_FILE).read_text())["base"]["model"] == "tiny_hub"
+    loaded = GLIP.from_pretrained(folder)
+    assert loaded.default_threshold == 0.0 and _same(model.eval().predict(image), loaded.predict(image))
