@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from glip.cli_support import UsageError
 
 if TYPE_CHECKING:
-    from glip.pipeline import GLIP
+    from glip.pipeline import GLIP, EncodedPrompt
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,9 @@ def detect_images(
     from glip.files import write_json_atomic
 
     out.mkdir(parents=True, exist_ok=True)
-    encoded = [model.encode_prompt(prompt) for prompt in model.build_prompts(classes, caption, spans)]
+    encoded = model.encode_prompts(classes, caption, spans)
+    # Checks the options once, before the loop, and says which values the model's defaults gave.
+    logger.info("detecting with %s", model.inference_options(**asdict(options)))
     report: list[dict[str, Any]] = []
     used_names: set[str] = set()
     try:
@@ -115,7 +117,7 @@ def detect_images(
     return report
 
 
-def _detect_one(model: GLIP, item: str, encoded: list, options: DetectOptions, out: Path,
+def _detect_one(model: GLIP, item: str, encoded: list[EncodedPrompt], options: DetectOptions, out: Path,
                 used_names: set[str]) -> dict[str, Any]:
     """The report entry of one image, its picture written; ``used_names`` gets the picture's name."""
     from PIL import Image
