@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from glip.cli_support import UsageError
 
 if TYPE_CHECKING:
-    from glip.pipeline import GLIP, EncodedPrompt
+    from glip.pipeline import EncodedPrompt, GLIP
 
 logger = logging.getLogger(__name__)
 
