@@ -23,6 +23,7 @@ def test_shapes_world_phrases() -> None:
                                                                         "the large blue star"]
 
 
+@pytest.mark.slow  # a full GLIP-T teacher (230M parameters) on the CPU; the stub tests below run by default
 def test_pseudo_labels_train_like_gold_grounding(reference_dir: Path, tmp_path: Path) -> None:
     split = synthesize(tmp_path / "scenes", 3, seed=5, split="train", show_progress=False)
     folder = reference_dir / "glip_tiny_parity"
