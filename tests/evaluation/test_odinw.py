@@ -71,3 +71,23 @@ def test_suite_reports_a_missing_data_set_and_goes_on(tiny_model, tmp_path: Path
     assert again.datasets == evaluation.datasets and not again.failed
     with pytest.raises(ValueError, match="no category of the selected data sets is named 'unicorn'"):
         evaluate_odinw(tiny_model, root, out, datasets=["pothole"], prompts={"unicorn": CategoryText("horse")})
+
+
+def test_a_broken_data_set_is_found_before_any_inference(tiny_model, tmp_path: Path, monkeypatch, caplog) -> None:
+    root = write_odinw_root(tmp_path / "odinw")
+    broken = root / "pistols/export/val_annotations_without_background.json"
+    data = json.loads(broken.read_text())
+    data["annotations"][0]["bbox"] = [1, 2, 0, 5]
+    broken.write_text(json.dumps(data))
+    preprocess, reported = tiny_model.preprocess, []
+
+    def inference(*args):
+        reported.append("pistols_export failed" in caplog.text)
+        return preprocess(*args)
+
+    monkeypatch.setattr(tiny_model, "preprocess", inference)
+    evaluation = evaluate_odinw(tiny_model, root, tmp_path / "out", datasets=["pothole", "pistols_export"],
+                                batch_size=2, min_size=64, max_size=96, progress=False)
+    assert reported and all(reported)  # known before the first data set's first batch
+    assert list(evaluation.datasets) == ["pothole"]
+    assert "annotations[0] (id 1) field 'bbox' has width 0" in evaluation.failed["pistols_export"]

@@ -148,6 +148,19 @@ def _mean_ap(values: np.ndarray) -> float:
     return float(defined.mean()) if defined.size else -1.0
 
 
+def _federated_truth(data: dict[str, Any]):
+    """A pycocotools ``COCO`` of the LVIS ground truth in which every not-exhaustive (image,
+    category) pair has a crowd region covering the image (its unmatched detections are ignored)."""
+    annotations = [dict(annotation, iscrowd=0) for annotation in data["annotations"]]
+    next_id = max([annotation.get("id", 0) for annotation in annotations] + [0]) + 1
+    for image in data["images"]:
+        for category in image["not_exhaustive_category_ids"]:
+            annotations.append({"id": next_id, "image_id": image["id"], "category_id": category, "iscrowd": 1,
+                                "bbox": list(_EVERYWHERE), "area": _EVERYWHERE[2] * _EVERYWHERE[3]})
+            next_id += 1
+    return ground_truth({"images": data["images"], "categories": data["categories"], "annotations": annotations})
+
+
 def lvis_metrics(
     data: dict[str, Any], results: Sequence[dict[str, Any]], top_k: int = FIXED_AP_TOP_K
 ) -> LvisEvaluation:
@@ -179,14 +192,7 @@ def lvis_metrics(
     if not judged:
         return LvisEvaluation({name: 0.0 for name in METRIC_NAMES}, {}, pooled)
 
-    annotations = [dict(annotation, iscrowd=0) for annotation in data["annotations"]]
-    next_id = max([annotation.get("id", 0) for annotation in annotations] + [0]) + 1
-    for image in data["images"]:
-        for category in image["not_exhaustive_category_ids"]:
-            annotations.append({"id": next_id, "image_id": image["id"], "category_id": category, "iscrowd": 1,
-                                "bbox": list(_EVERYWHERE), "area": _EVERYWHERE[2] * _EVERYWHERE[3]})
-            next_id += 1
-    truth = ground_truth({"images": data["images"], "categories": data["categories"], "annotations": annotations})
+    truth = _federated_truth(data)
     categories = {category["id"]: category for category in data["categories"]}
 
     with contextlib.redirect_stdout(io.StringIO()):

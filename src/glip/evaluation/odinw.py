@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from glip.evaluation.annotations import check_image_files, read_coco
 from glip.evaluation.coco import METRIC_NAMES, evaluate_detection
 from glip.evaluation.prompts import CategoryText, clean_name
 from glip.evaluation.protocol import check_output_folder
@@ -465,18 +466,20 @@ def evaluate_odinw(
     unused = [key for key in (prompts or {}) if not any(_names_a_category(key, dataset) for dataset in selected)]
     if unused:
         raise ValueError(f"--prompts: no category of the selected data sets is named {', '.join(map(repr, unused))}")
+    failed = _check_datasets(selected, root, split)
     digest = model_digest(model)
     results: dict[str, dict[str, float]] = {}
-    failed: dict[str, str] = {}
     for dataset in selected:
+        if dataset.name in failed:
+            continue
         annotation_file, image_dir = dataset.files(split)
-        options = RunOptions(batch_size, out / dataset.name, resume, save_every, progress)
         categories = [{"id": index + 1, "name": name} for index, name in enumerate(dataset.categories)]
         try:
             evaluation = evaluate_detection(
                 model, root / annotation_file, root / image_dir, prompts=dataset_prompts(dataset, prompts),
                 categories=categories, min_size=min_size, max_size=max_size, allow_untokenized=True,
-                run=options, protocol=f"odinw/{dataset.name}", model_fingerprint=digest,
+                run=RunOptions(batch_size, out / dataset.name, resume, save_every, progress),
+                protocol=f"odinw/{dataset.name}", model_fingerprint=digest,
             )
         except (ValueError, OSError) as error:
             failed[dataset.name] = str(error)
@@ -487,11 +490,31 @@ def evaluate_odinw(
             logger.info("ODinW %s: AP %.4f", dataset.name, evaluation.metrics["AP"])
     if process_group()[0] != 0:
         return None
+    return _write_suite(out, f"ODinW-{suite} ({split} split)", {"suite": suite, "split": split}, results, failed)
+
+
+def _check_datasets(datasets: Sequence[OdinwDataset], root: Path, split: str) -> dict[str, str]:
+    """Data set -> error, for those whose annotation file is missing or broken or whose images are
+    missing: found before any inference, rather than after the data sets before them."""
+    failed = {}
+    for dataset in datasets:
+        annotation_file, image_dir = dataset.files(split)
+        try:
+            data = read_coco(root / annotation_file)
+            check_image_files([root / image_dir / image["file_name"] for image in data["images"]], root / annotation_file)
+        except (ValueError, OSError) as error:
+            failed[dataset.name] = str(error)
+            logger.error("ODinW %s failed: %s", dataset.name, error)
+    return failed
+
+
+def _write_suite(out: Path, title: str, header: dict[str, Any], results: dict[str, dict[str, float]],
+                 failed: dict[str, str]) -> OdinwEvaluation:
+    """Write the suite's ``metrics.json`` (means over the data sets) and ``summary.md``."""
     mean = {name: _mean_defined([metrics[name] for metrics in results.values()]) for name in METRIC_NAMES}
-    report: dict[str, Any] = {"suite": suite, "split": split, **mean, "num_datasets": len(results),
-                              "datasets": results, "failed": failed}
+    report: dict[str, Any] = {**header, **mean, "num_datasets": len(results), "datasets": results, "failed": failed}
     write_json(out / "metrics.json", report, indent=2)
-    table = summary_table(results, failed, mean, f"ODinW-{suite} ({split} split)")
+    table = summary_table(results, failed, mean, title)
     write_text_atomic(out / "summary.md", table)
     logger.info("\n%s", table)
     return OdinwEvaluation(mean, results, failed, table)

@@ -277,18 +277,7 @@ def run_batches(
     batches = [list(range(start, min(start + options.batch_size, len(keys))))
                for start in range(0, len(keys), options.batch_size)]
     mine = batches[rank::world_size]
-    folder = options.out / PARTIAL_DIR if options.out is not None else None
-
-    done: dict[Hashable, Any] = {}
-    if folder is not None and options.resume and folder.is_dir():
-        done = _read_partials(folder, fingerprint)
-        logger.info("%s: resuming with %d of %d items done", desc, len(done), len(keys))
-    _barrier()  # every process has read the old partial files before any is rewritten
-    if folder is not None and not options.resume and rank == 0 and folder.is_dir():
-        logger.info("%s: discarding the partial results in %s (pass --resume to continue them)", desc, folder)
-        clear_partials(options.out)
-    _barrier()
-
+    done = _previous_results(fingerprint, options, desc, len(keys))
     results: dict[int, Any] = {}
     todo = []
     for batch in mine:
@@ -296,34 +285,8 @@ def run_batches(
             results.update((index, done[keys[index]]) for index in batch)
         else:
             todo.append(batch)
-
-    def save() -> None:
-        if folder is not None:
-            records = [[keys[index], results[index]] for index in sorted(results)]
-            write_json(folder / f"rank{rank}-of-{world_size}.json", {"fingerprint": fingerprint, "results": records})
-
-    error: Exception | None = None
-    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=desc, unit="batch", leave=False,
-               disable=not options.progress or rank != 0)
-    try:
-        for count, batch in enumerate(todo, start=1):
-            outputs = predict(batch)
-            if len(outputs) != len(batch):
-                raise ValueError(f"{desc}: {len(outputs)} results for a batch of {len(batch)}")
-            results.update(zip(batch, outputs))
-            bar.update()
-            if count % options.save_every == 0:
-                save()
-    except Exception as caught:  # told to the other processes below, so that none waits forever
-        error = caught
-    except BaseException:  # KeyboardInterrupt and the like: keep what is done, then stop
-        save()
-        raise
-    finally:
-        bar.close()
-    if todo:
-        save()
-
+    partial = _PartialFile(keys, fingerprint, options.out)
+    error = _run_todo(todo, len(mine), predict, results, partial, options, desc)
     # Every process learns of a failure anywhere (so that none waits forever), then process 0
     # alone receives the results.
     failures = [message for message in _all_gather(None if error is None else f"process {rank}: {error}")
@@ -332,13 +295,79 @@ def run_batches(
         raise error
     if failures:
         raise EvaluationError(f"{desc} failed on another process: {failures[0]}")
+    return _merge_on_main(results, len(keys), desc)
+
+
+def _previous_results(fingerprint: dict[str, Any], options: RunOptions, desc: str, total: int) -> dict[Hashable, Any]:
+    """With ``resume``, the results of the partial files (checked to be of this run); without, the
+    partial files are discarded. Returns ``{key: result}``."""
+    folder = options.out / PARTIAL_DIR if options.out is not None else None
+    done: dict[Hashable, Any] = {}
+    if folder is not None and options.resume and folder.is_dir():
+        done = _read_partials(folder, fingerprint)
+        logger.info("%s: resuming with %d of %d items done", desc, len(done), total)
+    _barrier()  # every process has read the old partial files before any is rewritten
+    if folder is not None and not options.resume and process_group()[0] == 0 and folder.is_dir():
+        logger.info("%s: discarding the partial results in %s (pass --resume to continue them)", desc, folder)
+        clear_partials(options.out)
+    _barrier()
+    return done
+
+
+@dataclass
+class _PartialFile:
+    """This process's ``OUT/partial/rank<r>-of-<W>.json`` (nothing without an output folder)."""
+
+    keys: Sequence[Hashable]
+    fingerprint: dict[str, Any]
+    out: Path | None
+
+    def save(self, results: dict[int, Any]) -> None:
+        if self.out is None:
+            return
+        rank, world_size = process_group()
+        records = [[self.keys[index], results[index]] for index in sorted(results)]
+        write_json(self.out / PARTIAL_DIR / f"rank{rank}-of-{world_size}.json",
+                   {"fingerprint": self.fingerprint, "results": records})
+
+
+def _run_todo(todo: list[list[int]], total: int, predict: Callable[[list[int]], list[Any]], results: dict[int, Any],
+              partial: _PartialFile, options: RunOptions, desc: str) -> Exception | None:
+    """Predict the batches of ``todo`` into ``results``, saving every ``save_every`` batches and
+    when interrupted; returns the error that stopped it (to tell the other processes) or None."""
+    error: Exception | None = None
+    bar = tqdm(total=total, initial=total - len(todo), desc=desc, unit="batch", leave=False,
+               disable=not options.progress or process_group()[0] != 0)
+    try:
+        for count, batch in enumerate(todo, start=1):
+            outputs = predict(batch)
+            if len(outputs) != len(batch):
+                raise ValueError(f"{desc}: {len(outputs)} results for a batch of {len(batch)}")
+            results.update(zip(batch, outputs))
+            bar.update()
+            if count % options.save_every == 0:
+                partial.save(results)
+    except Exception as caught:  # told to the other processes by the caller, so that none waits forever
+        error = caught
+    except BaseException:  # KeyboardInterrupt and the like: keep what is done, then stop
+        partial.save(results)
+        raise
+    finally:
+        bar.close()
+    if todo:
+        partial.save(results)
+    return error
+
+
+def _merge_on_main(results: dict[int, Any], total: int, desc: str) -> list[Any] | None:
+    """Every process's ``{index: result}`` merged on process 0, in index order; None elsewhere."""
     parts = _gather_on_main(results)
     if parts is None:
         return None
     merged: dict[int, Any] = {}
     for part in parts:
         merged.update(part)
-    missing = len(keys) - len(merged)
+    missing = total - len(merged)
     if missing:
         raise EvaluationError(f"{desc}: {missing} items have no results after gathering")
-    return [merged[index] for index in range(len(keys))]
+    return [merged[index] for index in range(total)]
