@@ -205,8 +205,8 @@ def command_eval(args: argparse.Namespace) -> int:
 
     from glip.evaluation.runner import init_distributed
 
-    # The runner saves OUT/partial every --save-every batches (and when interrupted).
-    args.partial_results = f"{args.out / 'partial'} (go on with --resume)"
+    if args.protocol != "shapes":  # the runner saves OUT/partial every --save-every batches and on Ctrl-C
+        args.partial_results = f"{args.out / 'partial'} (go on with --resume)"
     args.device, owns_group = init_distributed(args.device)
     try:
         model = load_model_from_args(args)
