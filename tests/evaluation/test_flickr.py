@@ -62,3 +62,28 @@ def test_bad_grounding_files_are_named(tiny_model, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="1.jpg"):
         evaluate_flickr(tiny_model, annotations, tmp_path, out=tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_captions_of_one_image_share_its_backbone_pass(tiny_model, tmp_path: Path, monkeypatch) -> None:
+    """Shapes-world grounding: 2 captions per image, batched, equal one caption per forward pass."""
+    from glip.evaluation.grounding import evaluate_grounding
+
+    annotations = write_mdetr_grounding(tmp_path)
+    data = json.loads(annotations.read_text())
+    second = {**data["images"][1], "id": 7, "caption": "a ball and two dogs", "tokens_positive_eval": [[[2, 6]]]}
+    data["images"].insert(2, second)
+    data["annotations"].append({"id": 9, "image_id": 7, "bbox": [5, 5, 30, 30], "tokens_positive": [[2, 6]],
+                                "category_id": 1})
+    annotations.write_text(json.dumps(data))
+    encode_image, encoded = tiny_model.encode_image, []
+
+    def counting(pixels):
+        encoded.append(pixels.shape[0])
+        return encode_image(pixels)
+
+    monkeypatch.setattr(tiny_model, "encode_image", counting)
+    options = dict(ks=(1, 5), min_size=64, max_size=96, progress=False)
+    batched = evaluate_grounding(tiny_model, annotations, tmp_path, batch_size=3, **options)
+    assert encoded == [2]  # 3 captions, 2 images, one pass
+    single = evaluate_grounding(tiny_model, annotations, tmp_path, batch_size=1, **options)
+    assert batched == single and batched["phrases"] == 5 and batched["captions"] == 3
