@@ -326,7 +326,7 @@ class _Progress:
     def start(self, done: int, total: int) -> None:
         """Steps begin: ``done`` of ``total`` are behind (a resumed run)."""
         self.bar.reset(total=total)
-        self.bar.update(done)
+        self.bar.initial = self.bar.n = done  # the rate counts this run's steps only
         self.bar.set_description_str("train")
         self.total = total
         self.window_start, self.window_images = time.perf_counter(), 0
