@@ -55,6 +55,8 @@ def test_every_relative_path_is_relative_to_the_current_directory(tmp_path: Path
     overridden = TrainRecipe.from_yaml(path, ["output_dir=out", "data.sources.0.images=img", "model=glip_t"])
     assert (overridden.output_dir, overridden.data.sources[0].images) == (recipe.output_dir, source.images)
     assert overridden.model == "glip_t"  # a preset name, not a folder here
+    monkeypatch.setenv("HOME", str(tmp_path / "work"))
+    assert TrainRecipe.from_yaml(path, ["model=~/my_model"]).model == str(tmp_path / "work" / "my_model")
     # Absolute paths are kept; the saved recipe (all absolute) reads the same from anywhere.
     monkeypatch.chdir(tmp_path)
     saved = tmp_path / "saved.yaml"

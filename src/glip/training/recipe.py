@@ -290,8 +290,8 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     if "output_dir" in result:
         result["output_dir"] = _absolute(result["output_dir"], base)
     model = result.get("model")
-    if isinstance(model, str) and (base / model).is_dir():
-        result["model"] = str(base / model)
+    if isinstance(model, str) and model and Path(_absolute(model, base)).is_dir():  # else a preset name
+        result["model"] = _absolute(model, base)
     section = result.get("data")
     sources = section.get("sources") if isinstance(section, dict) else None
     # Anything of the wrong shape is left for the typed parsing to report with its key.
