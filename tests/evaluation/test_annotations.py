@@ -35,16 +35,20 @@ def _duplicate_image(data: dict) -> None:
 
 
 BROKEN = {
-    "zero width": (_set(["annotations", 1, "bbox", 2], 0), r"annotations\[1\] \(id 2\) field 'bbox' has width 0"),
-    "negative height": (_set(["annotations", 2, "bbox", 3], -4), r"annotations\[2\] \(id 3\) field 'bbox'.*height -4"),
+    "zero width": (_set(["annotations", 1, "bbox", 2], 0),
+                   r"annotations\[1\] \(id 2\): field 'bbox' \[.*\] has width 0"),
+    "negative height": (_set(["annotations", 2, "bbox", 3], -4), r"annotations\[2\] \(id 3\): field 'bbox'.*height -4"),
     "unknown category": (_set(["annotations", 0, "category_id"], 77),
-                         r"annotations\[0\] \(id 1\) field 'category_id' names category 77"),
+                         r"annotations\[0\] \(id 1\): field 'category_id' names category 77"),
     "missing image": (_set(["annotations", 3, "image_id"], 999),
-                      r"annotations\[3\] \(id 4\) field 'image_id' names image 999"),
-    "nan box": (_set(["annotations", 1, "bbox", 0], float("nan")), r"annotations\[1\] \(id 2\) field 'bbox'.*NaN"),
-    "infinite box": (_set(["annotations", 1, "bbox", 3], float("inf")), r"annotations\[1\] \(id 2\) .*infinite"),
-    "three numbers": (_set(["annotations", 0, "bbox"], [1, 2, 3]), r"annotations\[0\] \(id 1\) field 'bbox' must be 4"),
-    "a string": (_set(["annotations", 0, "bbox", 1], "7"), r"annotations\[0\] \(id 1\) field 'bbox' must hold numbers"),
+                      r"annotations\[3\] \(id 4\): field 'image_id' names image 999"),
+    "nan box": (_set(["annotations", 1, "bbox", 0], float("nan")), r"annotations\[1\] \(id 2\): field 'bbox'.*NaN"),
+    "infinite box": (_set(["annotations", 1, "bbox", 3], float("inf")),
+                     r"annotations\[1\] \(id 2\): field 'bbox' has a NaN or infinite"),
+    "three numbers": (_set(["annotations", 0, "bbox"], [1, 2, 3]),
+                      r"annotations\[0\] \(id 1\): field 'bbox' must be 4"),
+    "a string": (_set(["annotations", 0, "bbox", 1], "7"),
+                 r"annotations\[0\] \(id 1\): field 'bbox' must be 4 numbers"),
     "missing key": (_set(["annotations", 2, "bbox"], None), r"annotations\[2\] has no 'bbox' \(id 3\)"),
     "duplicate image id": (_duplicate_image, r"images\[2\] repeats id 10 of images\[0\]"),
 }
@@ -66,13 +70,13 @@ def test_lvis_and_grounding_files_are_checked_too(tmp_path: Path) -> None:
     data["annotations"][0]["bbox"][2] = -1.0
     path = tmp_path / "lvis.json"
     path.write_text(json.dumps(data))
-    with pytest.raises(ValueError, match=r"lvis\.json: annotations\[0\] \(id 1\) field 'bbox'"):
+    with pytest.raises(ValueError, match=r"lvis\.json: annotations\[0\] \(id 1\): field 'bbox'"):
         read_lvis(path)
     grounding = write_mdetr_grounding(tmp_path)
     data = json.loads(grounding.read_text())
     data["annotations"][1]["image_id"] = 42
     grounding.write_text(json.dumps(data))
-    with pytest.raises(ValueError, match=r"annotations\[1\] \(id 2\) field 'image_id' names image 42"):
+    with pytest.raises(ValueError, match=r"annotations\[1\] \(id 2\): field 'image_id' names image 42"):
         read_grounding(grounding)
 
 

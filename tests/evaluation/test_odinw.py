@@ -90,4 +90,4 @@ def test_a_broken_data_set_is_found_before_any_inference(tiny_model, tmp_path: P
                                 batch_size=2, min_size=64, max_size=96, progress=False)
     assert reported and all(reported)  # known before the first data set's first batch
     assert list(evaluation.datasets) == ["pothole"]
-    assert "annotations[0] (id 1) field 'bbox' has width 0" in evaluation.failed["pistols_export"]
+    assert "annotations[0] (id 1): field 'bbox' [1, 2, 0, 5] has width 0" in evaluation.failed["pistols_export"]

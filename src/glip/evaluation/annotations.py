@@ -9,10 +9,11 @@ Errors name the file, the entry (its index and ``id``) and the field.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from glip.data.validation import checked_bbox, entry_name
 
 
 def read_json_file(path: str | Path, what: str) -> dict[str, Any]:
@@ -25,11 +26,6 @@ def read_json_file(path: str | Path, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object with {what}, got {type(data).__name__}")
     return data
-
-
-def _entry_name(section: str, index: int, entry: dict[str, Any]) -> str:
-    """``annotations[3] (id 17)``: the position and, where it has one, the id of an entry."""
-    return f"{section}[{index}]" + (f" (id {entry['id']!r})" if "id" in entry else "")
 
 
 def require_fields(path: str | Path, data: dict[str, Any], section: str, keys: Sequence[str]) -> None:
@@ -58,33 +54,22 @@ def unique_ids(path: str | Path, entries: Sequence[dict[str, Any]], section: str
     return set(seen)
 
 
-def check_box(path: str | Path, name: str, bbox: Any) -> None:
-    """A COCO ``bbox``: four finite numbers ``[x, y, width, height]`` with positive width and height."""
-    where = f"{path}: {name} field 'bbox'"
-    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-        raise ValueError(f"{where} must be 4 numbers [x, y, width, height], got {bbox!r}")
-    if not all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in bbox):
-        raise ValueError(f"{where} must hold numbers only, got {bbox!r}")
-    if not all(math.isfinite(value) for value in bbox):
-        raise ValueError(f"{where} has a NaN or infinite value: {bbox!r}")
-    if bbox[2] <= 0 or bbox[3] <= 0:
-        raise ValueError(f"{where} has width {bbox[2]} and height {bbox[3]}; both must be > 0")
-
-
 def check_annotations(path: str | Path, data: dict[str, Any], with_categories: bool = True) -> None:
     """Unique image (and category) ids; every annotation on a known image (and category) with a
-    valid box. The fields themselves are checked present by :func:`require_fields` beforehand."""
+    box of 4 finite numbers and positive width and height (:func:`glip.data.validation.checked_bbox`).
+    The fields themselves are checked present by :func:`require_fields` beforehand."""
     image_ids = unique_ids(path, data["images"], "images")
     category_ids = unique_ids(path, data["categories"], "categories") if with_categories else set()
     for index, annotation in enumerate(data["annotations"]):
-        name = _entry_name("annotations", index, annotation)
+        where = entry_name(path, "annotations", index, annotation)
         if annotation["image_id"] not in image_ids:
-            raise ValueError(f"{path}: {name} field 'image_id' names image {annotation['image_id']!r}, "
+            raise ValueError(f"{where}: field 'image_id' names image {annotation['image_id']!r}, "
                              "which is not in 'images'")
         if with_categories and annotation["category_id"] not in category_ids:
-            raise ValueError(f"{path}: {name} field 'category_id' names category {annotation['category_id']!r}, "
+            raise ValueError(f"{where}: field 'category_id' names category {annotation['category_id']!r}, "
                              "which is not in 'categories'")
-        check_box(path, name, annotation["bbox"])
+        # pycocotools would score an empty box (it can never be matched): not accepted here.
+        checked_bbox(annotation, where, allow_empty=False)
 
 
 def read_coco(annotation_file: str | Path) -> dict[str, Any]:

@@ -2,8 +2,9 @@
 keeps the best ``detections_per_image`` of the union).
 
 * :func:`detect_per_prompt`: :meth:`GLIP.detect_batch_per_prompt` on a preprocessed batch: the
-  image backbone runs once, every prompt keeps its own best detections, nothing is cut after the union. The official LVIS evaluation does this: each
-  40-class query keeps 300 detections per image and all queries' detections are pooled
+  image backbone runs once, every prompt keeps its own best detections, nothing is cut after the
+  union. The official LVIS evaluation does this: each 40-class query keeps 300 detections per
+  image and all queries' detections are pooled
   (``engine/inference.py``, one ``mdetr_style_output`` entry per query).
 * :func:`detect_with_captions`: a batch of captions, each scored in its own image against its own
   phrases (grounding evaluation); an image with several captions is encoded once.

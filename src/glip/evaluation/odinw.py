@@ -501,7 +501,8 @@ def _check_datasets(datasets: Sequence[OdinwDataset], root: Path, split: str) ->
         annotation_file, image_dir = dataset.files(split)
         try:
             data = read_coco(root / annotation_file)
-            check_image_files([root / image_dir / image["file_name"] for image in data["images"]], root / annotation_file)
+            paths = [root / image_dir / image["file_name"] for image in data["images"]]
+            check_image_files(paths, root / annotation_file)
         except (ValueError, OSError) as error:
             failed[dataset.name] = str(error)
             logger.error("ODinW %s failed: %s", dataset.name, error)
