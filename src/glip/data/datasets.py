@@ -40,8 +40,8 @@ import json
 import logging
 import math
 import random
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, Union
 
@@ -343,8 +343,10 @@ class _GroundingSource(Dataset):
     :meth:`_report_box_problems`.
     """
 
-    def __init__(self, source: Path, image_dir: str | Path, tokenizer: BertTokenizerFast, options: DatasetOptions) -> None:
-        self.source = source
+    def __init__(
+        self, source: str | Path, image_dir: str | Path, tokenizer: BertTokenizerFast, options: DatasetOptions
+    ) -> None:
+        self.source = Path(source)
         self.image_dir = Path(image_dir)
         self.tokenizer = tokenizer
         self.options = options
@@ -463,6 +465,27 @@ class _GroundingSource(Dataset):
                 dropped,
             )
 
+    def _add_coco_records(self, images: Mapping[ImageId, _CocoImage]) -> None:
+        """Records of a COCO-layout file's images, in ascending id order; those without a usable
+        box left out unless ``keep_empty_images``. Then the box problems are reported."""
+        for image_id in _sorted_ids(list(images)):
+            image = images[image_id]
+            if not self.options.keep_empty_images and not _has_usable_box(image.raw_sizes):
+                continue
+            xywh = torch.from_numpy(_box_array(image.boxes))
+            self.records.append(
+                _Record(
+                    image_file=self.image_dir / image.file_name,
+                    image_id=image_id,
+                    declared_size=image.declared_size,
+                    boxes=xywh_to_xyxy(xywh).numpy(),
+                    labels=np.asarray(image.labels, dtype=np.int64),
+                    caption=image.caption,
+                    tokens_positive=image.spans if image.caption is not None else None,
+                )
+            )
+        self._report_box_problems()
+
     def _report_box_problems(self) -> None:
         """Count boxes to clip or drop (with the declared image sizes) and warn once."""
         stats = self.box_stats
@@ -512,9 +535,8 @@ class DetectionDataset(_GroundingSource):
         options: DatasetOptions | None = None,
         **settings: Any,
     ) -> None:
-        path = Path(annotation_file)
-        options = _options(options, settings)
-        super().__init__(path, image_dir, tokenizer, options)
+        super().__init__(annotation_file, image_dir, tokenizer, _options(options, settings))
+        path, options = self.source, self.options
         data = _read_json(path)
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a JSON object with images, annotations and categories")
@@ -533,51 +555,63 @@ class DetectionDataset(_GroundingSource):
         if not contiguous:
             raise ValueError(f"{path}: 'categories' is empty")
         images = _parse_coco_images(path, data)
-        boxes_by_image: dict[ImageId, list[list[float]]] = {image_id: [] for image_id in images}
-        labels_by_image: dict[ImageId, list[int]] = {image_id: [] for image_id in images}
-        raw_sizes: dict[ImageId, list[tuple[float, float]]] = {image_id: [] for image_id in images}
-        for index, annotation in enumerate(_field(data, "annotations", str(path), list)):
-            where = entry_name(path, "annotations", index, annotation)
-            image_id = _field(annotation, "image_id", where, (int, str))
-            if image_id not in images:
-                raise ValueError(f"{where}: image_id {image_id!r} is not in 'images'")
+        for where, image, box, annotation in _coco_annotations(path, data, images):
             category_id = _field(annotation, "category_id", where, int)
             if category_id not in contiguous:
                 raise ValueError(f"{where}: category_id {category_id} is not in 'categories'")
-            box = checked_bbox(annotation, where)
-            raw_sizes[image_id].append((box[2], box[3]))
-            if annotation.get("iscrowd", 0):
-                continue
-            boxes_by_image[image_id].append(box)
-            labels_by_image[image_id].append(contiguous[category_id])
-        for image_id in _sorted_ids(list(images)):
-            if not options.keep_empty_images and not _has_usable_box(raw_sizes[image_id]):
-                continue
-            file_name, declared_size = images[image_id]
-            xywh = torch.from_numpy(_box_array(boxes_by_image[image_id]))
-            self.records.append(
-                _Record(
-                    image_file=self.image_dir / file_name,
-                    image_id=image_id,
-                    declared_size=declared_size,
-                    boxes=xywh_to_xyxy(xywh).numpy(),
-                    labels=np.asarray(labels_by_image[image_id], dtype=np.int64),
-                )
-            )
-        self._report_box_problems()
+            image.raw_sizes.append((box[2], box[3]))
+            if not annotation.get("iscrowd", 0):
+                image.add(box, contiguous[category_id])
+        self._add_coco_records(images)
 
 
-def _parse_coco_images(path: Path, data: Mapping[str, Any]) -> dict[ImageId, tuple[str, tuple[int, int] | None]]:
-    """``{image id: (file name, declared (h, w) or None)}``."""
-    images: dict[ImageId, tuple[str, tuple[int, int] | None]] = {}
+@dataclass
+class _CocoImage:
+    """One image entry of a COCO-layout file and its annotations, gathered one by one.
+
+    ``boxes`` (xywh), ``labels`` and ``spans`` leave crowd annotations out; ``raw_sizes`` (the
+    ``(w, h)`` of every box, crowd ones included) decide whether the image is kept (official
+    ``has_valid_annotation``).
+    """
+
+    file_name: str
+    declared_size: tuple[int, int] | None
+    caption: str | None = None
+    boxes: list[list[float]] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    spans: list[list[Span]] = field(default_factory=list)
+    raw_sizes: list[tuple[float, float]] = field(default_factory=list)
+
+    def add(self, box: list[float], label: int, spans: list[Span] | None = None) -> None:
+        self.boxes.append(box)
+        self.labels.append(label)
+        if spans is not None:
+            self.spans.append(spans)
+
+
+def _parse_coco_images(path: Path, data: Mapping[str, Any]) -> dict[ImageId, _CocoImage]:
+    """The ``images`` of a COCO-layout file by id (file name and declared ``(h, w)`` or None)."""
+    images: dict[ImageId, _CocoImage] = {}
     for index, image in enumerate(_field(data, "images", str(path), list)):
         where = f"{path}: images[{index}]"
         image_id = _field(image, "id", where, (int, str))
         where = f"{where} (id {image_id})"
         if image_id in images:
             raise ValueError(f"{where}: duplicate image id")
-        images[image_id] = (_field(image, "file_name", where, str), _declared_size(image, where))
+        images[image_id] = _CocoImage(_field(image, "file_name", where, str), _declared_size(image, where))
     return images
+
+
+def _coco_annotations(
+    path: Path, data: Mapping[str, Any], images: Mapping[ImageId, _CocoImage]
+) -> Iterator[tuple[str, _CocoImage, list[float], Mapping[str, Any]]]:
+    """``(where, its image, checked xywh box, annotation)`` of every annotation of the file."""
+    for index, annotation in enumerate(_field(data, "annotations", str(path), list)):
+        where = entry_name(path, "annotations", index, annotation)
+        image_id = _field(annotation, "image_id", where, (int, str))
+        if image_id not in images:
+            raise ValueError(f"{where}: image_id {image_id!r} is not in 'images'")
+        yield where, images[image_id], checked_bbox(annotation, where), annotation
 
 
 # --------------------------------------------------------------------------------------------------
@@ -609,53 +643,26 @@ class GroundingDataset(_GroundingSource):
         options: DatasetOptions | None = None,
         **settings: Any,
     ) -> None:
-        path = Path(annotation_file)
-        options = _options(options, settings)
-        super().__init__(path, image_dir, tokenizer, options)
+        super().__init__(annotation_file, image_dir, tokenizer, _options(options, settings))
+        path, options = self.source, self.options
         data = _read_json(path)
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a JSON object with images and annotations")
         images = _parse_coco_images(path, data)
-        captions: dict[ImageId, str] = {}
-        for index, image in enumerate(data["images"]):
-            captions[image["id"]] = _field(image, "caption", f"{path}: images[{index}] (id {image['id']})", str)
-        boxes_by_image: dict[ImageId, list[list[float]]] = {image_id: [] for image_id in images}
-        labels_by_image: dict[ImageId, list[int]] = {image_id: [] for image_id in images}
-        spans_by_image: dict[ImageId, list[list[Span]]] = {image_id: [] for image_id in images}
-        raw_sizes: dict[ImageId, list[tuple[float, float]]] = {image_id: [] for image_id in images}
-        for index, annotation in enumerate(_field(data, "annotations", str(path), list)):
-            where = entry_name(path, "annotations", index, annotation)
-            image_id = _field(annotation, "image_id", where, (int, str))
-            if image_id not in images:
-                raise ValueError(f"{where}: image_id {image_id!r} is not in 'images'")
-            box = checked_bbox(annotation, where)
-            raw_sizes[image_id].append((box[2], box[3]))
+        for index, entry in enumerate(data["images"]):
+            where = f"{path}: images[{index}] (id {entry['id']})"
+            images[entry["id"]].caption = _field(entry, "caption", where, str)
+        for where, image, box, annotation in _coco_annotations(path, data, images):
+            image.raw_sizes.append((box[2], box[3]))
             if annotation.get("iscrowd", 0):
                 continue
             # Official ``ConvertCocoPolysToMask`` reads "tokens" when present, else "tokens_positive".
             key = "tokens" if "tokens" in annotation else "tokens_positive"
             if key not in annotation:
                 raise ValueError(f"{where}: missing field 'tokens_positive'")
-            spans_by_image[image_id].append(_spans(annotation[key], captions[image_id], where))
-            boxes_by_image[image_id].append(box)
-            labels_by_image[image_id].append(int(annotation.get("category_id", 1)))
-        for image_id in _sorted_ids(list(images)):
-            if not options.keep_empty_images and not _has_usable_box(raw_sizes[image_id]):
-                continue
-            file_name, declared_size = images[image_id]
-            xywh = torch.from_numpy(_box_array(boxes_by_image[image_id]))
-            self.records.append(
-                _Record(
-                    image_file=self.image_dir / file_name,
-                    image_id=image_id,
-                    declared_size=declared_size,
-                    boxes=xywh_to_xyxy(xywh).numpy(),
-                    labels=np.asarray(labels_by_image[image_id], dtype=np.int64),
-                    caption=captions[image_id],
-                    tokens_positive=spans_by_image[image_id],
-                )
-            )
-        self._report_box_problems()
+            assert image.caption is not None
+            image.add(box, int(annotation.get("category_id", 1)), _spans(annotation[key], image.caption, where))
+        self._add_coco_records(images)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -692,9 +699,8 @@ class ODVGDataset(_GroundingSource):
         label_map: str | Path | Mapping[Any, str] | None = None,
         **settings: Any,
     ) -> None:
-        path = Path(annotation_file)
-        options = _options(options, settings)
-        super().__init__(path, image_dir, tokenizer, options)
+        super().__init__(annotation_file, image_dir, tokenizer, _options(options, settings))
+        path, options = self.source, self.options
         names = _read_label_map(label_map) if label_map is not None else None
         found_names: dict[int, str] = {}
         for record_index, (line_number, line) in enumerate(_read_jsonl(path)):
