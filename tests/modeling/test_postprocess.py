@@ -87,9 +87,44 @@ def test_nms_matches_literal_transcription_on_random_boxes() -> None:
     scores = torch.rand(300, generator=generator)
     labels = torch.randint(1, 4, (300,), generator=generator)
     expected = _naive_ml_nms(boxes, scores, labels, 0.6)
-    # Small blocks exercise the blockwise IoU.
-    assert legacy_nms(boxes, scores, 0.6, labels, block_size=64).tolist() == expected
     assert legacy_nms(boxes, scores, 0.6, labels).tolist() == expected
+
+
+def _greedy_reference_nms(boxes: torch.Tensor, scores: torch.Tensor, threshold: float,
+                          labels: torch.Tensor | None) -> list[int]:
+    """The official loop, vectorised per kept box: score order (ties by index), +1 IoU, same label."""
+    order = sorted(range(len(scores)), key=lambda i: -float(scores[i]))
+    iou = box_iou_legacy(boxes, boxes)
+    same = torch.ones_like(iou, dtype=torch.bool) if labels is None else labels[:, None] == labels[None, :]
+    suppress = ((iou > threshold) & same).tolist()
+    removed = [False] * len(order)
+    keep = []
+    for i in order:
+        if removed[i]:
+            continue
+        keep.append(i)
+        removed = [was or hit for was, hit in zip(removed, suppress[i])]
+    return keep
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_torchvision_nms_keeps_the_official_set_and_order(seed: int) -> None:
+    """Random sets, half with pixel-grid boxes and scores in steps of 0.05 (many exact ties of IoU
+    and score), with and without labels: the kept indices and their order are those of the loop."""
+    generator = torch.Generator().manual_seed(seed)
+    for trial in range(8):
+        count = int(torch.randint(1, 400, (1,), generator=generator))
+        top_left = torch.rand(count, 2, generator=generator) * 300
+        sides = torch.rand(count, 2, generator=generator) * 80 + 1
+        scores = torch.rand(count, generator=generator)
+        if trial % 2:
+            top_left, sides, scores = top_left.round(), sides.round(), (scores * 20).round() / 20
+        boxes = torch.cat([top_left, top_left + sides], dim=1)
+        labels = torch.randint(1, 4, (count,), generator=generator)
+        threshold = float(torch.rand(1, generator=generator)) * 0.8 + 0.1
+        for trial_labels in (labels, None):
+            expected = _greedy_reference_nms(boxes, scores, threshold, trial_labels)
+            assert legacy_nms(boxes, scores, threshold, trial_labels).tolist() == expected
 
 
 def test_nms_empty() -> None:
