@@ -109,7 +109,9 @@ PRESETS: dict[str, Preset] = {
             checkpoint="",
             hub_repo="",
             bundled="glip_nano",
-            default_threshold=0.3,
+            # Highest F1 on the Shapes-world train split with class-agnostic NMS
+            # (benchmarks/results/nano_threshold.md); the bundled config.json carries the same.
+            default_threshold=0.45,
             # benchmarks/results/glip_nano_shapes.md (Shapes-world test split, 500 images, seed 1000).
             metrics={"shapes_detection_ap": 0.865, "shapes_pairs_ap": 0.661, "shapes_held_out_pairs_ap": 0.303,
                      "shapes_grounding_r1": 0.810},
