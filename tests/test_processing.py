@@ -455,6 +455,8 @@ def test_float_and_reversed_spans_are_refused(tokenizer) -> None:
         build_grounding_prompt("a red flag", [(2, 5), (9, 6)], tokenizer)
     with pytest.raises(ValueError, match=r"spans\[0\].*10 characters"):
         build_grounding_prompt("a red flag", [(2, 11)], tokenizer)
+    with pytest.raises(TypeError, match=r"spans must be a list.*\.\.\.$"):
+        build_grounding_prompt("a red flag", "2:5 " * 100, tokenizer)
 
 
 def test_unscorable_phrases_are_warned(tokenizer, caplog) -> None:

@@ -236,6 +236,16 @@ def _coerce(value: Any, spec: dataclasses.Field, where: str) -> Any:
     return value
 
 
+# User text quoted in error messages is cut to this many characters.
+QUOTE_LIMIT = 80
+
+
+def shorten(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """``repr`` of user text for a message, cut to ``limit`` characters + "..." (a 1000-word class
+    name must not make a 7000-character error)."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
+
+
 def check_fraction(name: str, value: Any, open_low: bool = False) -> None:
     """Raise unless ``value`` is a real number in ``[0, 1]`` (``(0, 1]`` if ``open_low``); the
     message names the option ``name``."""

@@ -31,7 +31,7 @@ from torch import Tensor
 from transformers import BatchEncoding, BertTokenizerFast
 
 from glip import quirks
-from glip.config import GLIPConfig, check_fraction, check_int
+from glip.config import GLIPConfig, check_fraction, check_int, shorten
 from glip.modeling.postprocess import GroundingPostProcessor
 
 logger = logging.getLogger(__name__)
@@ -43,15 +43,6 @@ _HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 # "http://...", "s3://...": a path string that is really a URL.
 _URL_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-
-# User text quoted in error messages is cut to this many characters.
-QUOTE_LIMIT = 80
-
-
-def shorten(text: str, limit: int = QUOTE_LIMIT) -> str:
-    """``repr`` of user text for a message, cut to ``limit`` characters + "..." (a 1000-word class
-    name must not make a 7000-character error)."""
-    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
 
 
 # --------------------------------------------------------------------------------------------------
@@ -588,7 +579,8 @@ def _normalise_spans(spans: Sequence[Span | Sequence[Span]]) -> list[list[Span]]
     """Accept one span per phrase ``(b, e)`` or a list of spans per phrase ``[(b, e), ...]``;
     character positions must be integers (a float such as 2.0 is an error, not rounded)."""
     if isinstance(spans, str) or not isinstance(spans, Sequence):
-        raise TypeError(f"spans must be a list of (begin, end) pairs, got {spans!r}")
+        raise TypeError(f"spans must be a list of (begin, end) pairs, got "
+                        f"{shorten(spans) if isinstance(spans, str) else type(spans).__name__}")
     normalised = []
     for index, item in enumerate(spans):
         if isinstance(item, str) or not isinstance(item, Sequence):

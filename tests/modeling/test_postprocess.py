@@ -346,6 +346,8 @@ def test_detections_repr_is_a_short_summary() -> None:
     assert text.startswith("Detections(50:") and "'cat' 1.00" in text and "45 more" in text
     assert "tensor" not in text and len(text) < 200
     assert repr(_two_detections()) == "Detections(2: ['red circle' 0.90, 'star' 0.40])"
+    long_phrase = Detections(torch.zeros(1, 4), torch.ones(1), torch.ones(1, dtype=torch.int64), ["word " * 1000])
+    assert len(repr(long_phrase)) < 100
 
 
 def test_detections_plot_and_save(tmp_path) -> None:

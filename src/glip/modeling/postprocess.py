@@ -27,6 +27,7 @@ import torchvision
 from torch import Tensor
 
 from glip import quirks
+from glip.config import shorten
 from glip.modeling.box_coder import BoxCoder
 
 
@@ -55,7 +56,8 @@ class Detections:
         shown = 5
         names = self.phrases or [str(label) for label in self.labels.tolist()]
         order = torch.argsort(self.scores, descending=True, stable=True)[:shown].tolist()
-        best = ", ".join(f"{names[index]!r} {float(self.scores[index]):.2f}" for index in order)
+        # A phrase may be a whole caption span: each is cut to 40 characters.
+        best = ", ".join(f"{shorten(names[index], 40)} {float(self.scores[index]):.2f}" for index in order)
         more = f", ... {len(self) - shown} more" if len(self) > shown else ""
         return f"Detections({len(self)}: [{best}{more}])"
 
