@@ -1,4 +1,6 @@
-"""The public model: :class:`GLIP` = the network plus its tokenizer, loading and ``predict``."""
+"""The public model: :class:`GLIP` = the network (``GLIPModel``) plus its processor
+(:class:`~glip.processing.GLIPProcessor`: tokenizer, prompts, image transform, post-processing),
+loading and ``predict``."""
 
 from __future__ import annotations
 
@@ -43,7 +45,11 @@ class EncodedPrompt:
 
 
 class GLIP(GLIPModel):
-    """GLIP with its tokenizer: load official or converted weights and detect what a prompt names.
+    """GLIP with its processor: load official or converted weights and detect what a prompt names.
+
+    Input: images (paths, PIL images, RGB arrays) and a prompt (class names, or a caption with
+    character spans). Output: :class:`Detections` per image, boxes xyxy in original pixels, labels
+    1-based in prompt order. Defaults of every option: :attr:`inference_defaults`.
 
     >>> model = GLIP.from_pretrained("glip_nano")                      # doctest: +SKIP
     >>> dets = model.predict("street.jpg", classes=["person", "dog"])  # doctest: +SKIP
