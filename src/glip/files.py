@@ -45,6 +45,14 @@ def _create_temporary(path: Path) -> Path:
         return temporary
 
 
+def give_default_mode(path: str | Path) -> None:
+    """Set ``path``'s mode to ``0666`` less the umask: for files written by libraries that create
+    them owner-only (safetensors' ``save_file`` makes ``0600`` files)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
     """Call ``write(temporary_path)`` (e.g. ``torch.save``), then rename the result to ``path``.
 

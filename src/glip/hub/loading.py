@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from glip.config import GLIPConfig
+from glip.files import give_default_mode, temporary_directory_for
 from glip.hub.convert import (
     CheckpointError,
     check_state_dict,
@@ -167,10 +167,11 @@ def write_pretrained_dir(
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    staging = temporary_directory_for(directory)
     try:
         tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
         save_file(tensors, staging / WEIGHTS_FILE, metadata={"format": "pt"})
+        give_default_mode(staging / WEIGHTS_FILE)
         document = {
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
@@ -182,6 +183,7 @@ def write_pretrained_dir(
             offset, classes = prompt_tuning
             save_file({"offset": offset.detach().contiguous().cpu()}, staging / PROMPT_TUNING_WEIGHTS,
                       metadata={"format": "pt"})
+            give_default_mode(staging / PROMPT_TUNING_WEIGHTS)
             info = {"format": PROMPT_TUNING_FORMAT, "version": 1, "classes": list(classes)}
             (staging / PROMPT_TUNING_FILE).write_text(json.dumps(info, indent=2) + "\n")
         if vocab_file is not None:

@@ -105,10 +105,9 @@ class FinetuneRecipe:
         if path is not None:
             path = Path(path)
             where = str(path)
+            # Relative paths (``model``) are left as written: like every CLI path and the training
+            # recipe, they are relative to the current directory, not to the YAML's folder.
             data = _read_yaml(path)
-            model = data.get("model")
-            if isinstance(model, str) and (path.resolve().parent / model).is_dir():
-                data["model"] = str(path.resolve().parent / model)
         for override in overrides:
             data = apply_override(data, override)
         for key, reason in RETIRED_KEYS.items():
