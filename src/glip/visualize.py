@@ -33,7 +33,8 @@ def place_labels(boxes: Sequence[Sequence[float]], sizes: Sequence[tuple[int, in
 
     Labels are placed in the given order (best detection first, so it gets the best spot). Each
     tries, in turn: above its box's top-left corner, inside it below the top edge, below the box,
-    then further down inside the box one label height at a time; the first spot that lies on the
+    then further down inside the box one label height at a time, then the same spots aligned with
+    the box's right edge; the first spot that lies on the
     canvas and overlaps no label placed before is taken (if none is free, the first on the canvas:
     above the box, or inside it when there is no room above).
 
@@ -48,12 +49,13 @@ def place_labels(boxes: Sequence[Sequence[float]], sizes: Sequence[tuple[int, in
     canvas_width, canvas_height = canvas
     placed: list[Rect] = []
     for box, (width, height) in zip(boxes, sizes):
-        x1, y1, _, y2 = (int(round(value)) for value in box)
-        left = min(max(0, x1), max(0, canvas_width - width))
+        x1, y1, x2, y2 = (int(round(value)) for value in box)
+        # Aligned with the box's left edge, else with its right edge.
+        lefts = [min(max(0, x), max(0, canvas_width - width)) for x in (x1, x2 + 1 - width)]
         tops = [y1 - height, y1, y2 + 1]
         tops += range(y1 + height, max(y1 + height, y2 - height + 1), height)
         tops = [top for top in tops if 0 <= top <= canvas_height - height] or [max(0, canvas_height - height)]
-        spots = [(left, top, left + width, top + height) for top in tops]
+        spots = [(left, top, left + width, top + height) for left in lefts for top in tops]
         free = [spot for spot in spots if not any(_overlaps(spot, other) for other in placed)]
         placed.append(free[0] if free else spots[0])
     return placed
