@@ -78,9 +78,9 @@ def load_image(image: ImageInput, *, exif_transpose: bool = True, channel_order:
     Raises:
         FileNotFoundError: the path does not exist.
         ValueError: the path is a URL; the file is empty, not a readable image, truncated or
-            corrupt, or declares more pixels than PIL's decompression-bomb limit
-            (``Image.MAX_IMAGE_PIXELS``, twice which PIL refuses); the array has an unsupported
-            shape or dtype.
+            corrupt, or declares more than twice ``PIL.Image.MAX_IMAGE_PIXELS`` (a decompression
+            bomb, refused by PIL; below that, PIL's warning is silenced and the image is read);
+            the array has an unsupported shape or dtype.
         TypeError: ``image`` is of another type.
     """
     if isinstance(image, str) and _URL_PATTERN.match(image):
