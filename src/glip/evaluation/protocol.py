@@ -17,13 +17,9 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from glip.evaluation.runner import RunOptions, clear_partials, finished_metrics, fingerprint_digest, run_batches
+from glip.processing import default_max_size
 
 logger = logging.getLogger(__name__)
-
-# The official evaluation configs resize to 800 (INPUT.MIN_SIZE_TEST) with the longer side capped at
-# 1333 (INPUT.MAX_SIZE_TEST); a model config without a cap (max_size_test 0, the demo path) is
-# evaluated with the same ratio, so an official model gets exactly 800 / 1333.
-OFFICIAL_MIN_SIZE, OFFICIAL_MAX_SIZE = 800, 1333
 
 EvaluationT = TypeVar("EvaluationT")
 
@@ -81,12 +77,14 @@ def resolve_test_size(model, min_size: int | None = None, max_size: int | None =
 
     ``min_size`` None: the config's ``min_size_test`` (224 for GLIP-Nano, 800 for official models).
     ``max_size`` None: the config's ``max_size_test``, or where that is 0 (no cap) the official
-    evaluation's ratio 1333 / 800 of ``min_size``.
+    evaluation's ratio 1333 / 800 of ``min_size`` (:func:`glip.processing.default_max_size`), so an
+    official model is evaluated at exactly the official 800 / 1333. The resolved sizes enter the
+    fingerprint: naming the default sizes is the same run as leaving them out.
     """
     config = model.config.input
     min_size = min_size or config.min_size_test
     if max_size is None:
-        max_size = config.max_size_test or round(min_size * OFFICIAL_MAX_SIZE / OFFICIAL_MIN_SIZE)
+        max_size = default_max_size(min_size, config.max_size_test)
     return min_size, max_size
 
 
