@@ -117,18 +117,18 @@ class GLIP(GLIPModel):
         source: str,
         default_threshold: float,
         device: str | torch.device,
-        prompt_tuning: tuple[Tensor, list[str]] | None = None,
+        prompt_tuning: tuple[Tensor, list[str], list[str]] | None = None,
     ) -> GLIP:
         model = cls(config, default_threshold)
         check_state_dict(model, state_dict, source)
         model.load_state_dict(state_dict, strict=True)
         if prompt_tuning is not None:
-            offset, classes = prompt_tuning
+            offset, classes, names = prompt_tuning
             expected = (config.language.max_query_len, model.language.hidden_size)
             if tuple(offset.shape) != expected:
                 raise ValueError(f"{source}: prompt offsets of shape {tuple(offset.shape)} do not fit the model "
                                  f"(expected {expected} = (max_query_len, language width))")
-            model.prompt_offset = PromptOffset(*expected, classes)
+            model.prompt_offset = PromptOffset(*expected, classes, names)
             model.prompt_offset.load_state_dict({"offset": offset})
         return model.to(device).eval()
 
@@ -149,7 +149,8 @@ class GLIP(GLIPModel):
         prompt_tuning = None
         if self.prompt_offset is not None:
             # The offsets go to their own file: model.safetensors keeps the plain architecture's keys.
-            prompt_tuning = (state.pop("prompt_offset.offset"), list(self.prompt_offset.classes))
+            prompt_tuning = (state.pop("prompt_offset.offset"), list(self.prompt_offset.classes),
+                             list(self.prompt_offset.names))
         if language_from_package:
             packaged = minilm_state_dict()
             if any(not torch.equal(state[key], value) for key, value in packaged.items()):
@@ -192,7 +193,12 @@ class GLIP(GLIPModel):
         defaults to the classes it was tuned for; its offsets belong to the token positions of that
         prompt, so another prompt gets a warning."""
         tuned = self.prompt_offset.classes if self.prompt_offset is not None else None
-        return self.processor.build_prompts(classes, caption, spans, tuned_classes=tuned)
+        prompts = self.processor.build_prompts(classes, caption, spans, tuned_classes=tuned)
+        if tuned is not None and caption is None and (classes is None or tuple(classes) == tuned):
+            # Detections name the classes, not the descriptive texts the offsets were tuned with.
+            for prompt in prompts:
+                prompt.phrases = [self.prompt_offset.names[label - 1] for label in prompt.label_ids]
+        return prompts
 
     @torch.no_grad()
     def encode_prompt(self, prompt: Prompt | str | Sequence[str]) -> EncodedPrompt:

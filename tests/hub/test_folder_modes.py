@@ -20,7 +20,7 @@ def test_model_folder_and_weights_get_the_umask_modes(tmp_path: Path) -> None:
     previous = os.umask(0o022)
     try:
         folder = write_pretrained_dir(tmp_path / "model", GLIPConfig(), {"weight": torch.zeros(2)}, None,
-                                      prompt_tuning=(torch.zeros(1, 4), ["circle"]))
+                                      prompt_tuning=(torch.zeros(1, 4), ["red circle"], ["circle"]))
     finally:
         os.umask(previous)
     assert _mode(folder) == 0o755

@@ -119,8 +119,8 @@ def read_pretrained_dir(directory: str | Path) -> tuple[GLIPConfig, dict[str, Te
     return config, state_dict, metadata
 
 
-def read_prompt_tuning(directory: str | Path) -> tuple[Tensor, list[str]] | None:
-    """The tuned prompt offsets ``[L, D]`` and class texts of a model directory, or None.
+def read_prompt_tuning(directory: str | Path) -> tuple[Tensor, list[str], list[str]] | None:
+    """The tuned prompt offsets ``[L, D]``, class texts and class names of a model directory, or None.
 
     Raises:
         ValueError: one of the two files without the other, or a malformed file (named).
@@ -149,7 +149,10 @@ def read_prompt_tuning(directory: str | Path) -> tuple[Tensor, list[str]] | None
     if offset is None or offset.dim() != 2 or set(tensors) != {"offset"}:
         raise CheckpointError(f"{weights_path}: expected one [max_query_len, D] tensor named 'offset', "
                               f"got {sorted(tensors)}")
-    return offset, classes
+    names = info.get("class_names", classes)
+    if not isinstance(names, list) or len(names) != len(classes) or not all(isinstance(n, str) and n for n in names):
+        raise ValueError(f"{info_path}: \"class_names\" must list one name per class text")
+    return offset, classes, names
 
 
 def write_pretrained_dir(
@@ -158,7 +161,7 @@ def write_pretrained_dir(
     state_dict: dict[str, Tensor],
     vocab_file: str | Path | None,
     metadata: dict[str, Any] | None = None,
-    prompt_tuning: tuple[Tensor, list[str]] | None = None,
+    prompt_tuning: tuple[Tensor, list[str], list[str]] | None = None,
 ) -> Path:
     """Write weights, config and vocabulary atomically (a temp folder renamed into place).
 
@@ -180,11 +183,12 @@ def write_pretrained_dir(
         }
         (staging / CONFIG_FILE).write_text(json.dumps(document, indent=2) + "\n")
         if prompt_tuning is not None:
-            offset, classes = prompt_tuning
+            offset, classes, names = prompt_tuning
             save_file({"offset": offset.detach().contiguous().cpu()}, staging / PROMPT_TUNING_WEIGHTS,
                       metadata={"format": "pt"})
             give_default_mode(staging / PROMPT_TUNING_WEIGHTS)
-            info = {"format": PROMPT_TUNING_FORMAT, "version": 1, "classes": list(classes)}
+            info = {"format": PROMPT_TUNING_FORMAT, "version": 1, "classes": list(classes),
+                    "class_names": list(names)}
             (staging / PROMPT_TUNING_FILE).write_text(json.dumps(info, indent=2) + "\n")
         if vocab_file is not None:
             (staging / TOKENIZER_DIR).mkdir()

@@ -76,12 +76,16 @@ class PromptOffset(nn.Module):
         classes: the class texts of the tuned prompt, in label order.
     """
 
-    def __init__(self, max_len: int, dim: int, classes: Sequence[str]) -> None:
+    def __init__(self, max_len: int, dim: int, classes: Sequence[str], names: Sequence[str] | None = None) -> None:
         super().__init__()
         if isinstance(classes, str) or not classes:
             raise ValueError("a prompt offset needs the non-empty list of class texts it is tuned for")
+        if names is not None and len(names) != len(classes):
+            raise ValueError(f"{len(names)} class names for {len(classes)} tuned class texts")
         self.offset = nn.Parameter(torch.zeros(max_len, dim))
         self.classes: tuple[str, ...] = tuple(classes)
+        # What detections call each class (a descriptive text's class name); the texts by default.
+        self.names: tuple[str, ...] = tuple(names) if names is not None else self.classes
 
     def forward(self, text: TextFeatures) -> TextFeatures:
         """``text`` with row ``t`` of the table added to token ``t`` (``[B, T, D]``, ``T <= max_len``)."""

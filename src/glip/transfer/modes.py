@@ -95,7 +95,7 @@ def check_mode(mode: str, where: str = "mode") -> str:
     return mode
 
 
-def apply_mode(model: GLIP, mode: str, classes: Sequence[str]) -> None:
+def apply_mode(model: GLIP, mode: str, classes: Sequence[str], names: Sequence[str] | None = None) -> None:
     """Freeze ``model`` for ``mode`` and, for prompt tuning, add the offsets of the prompt ``classes``.
 
     ``full`` changes nothing here: its frozen Swin stages and language model come from the config
@@ -106,6 +106,7 @@ def apply_mode(model: GLIP, mode: str, classes: Sequence[str]) -> None:
         model: the model about to be trained (before its optimizer is made).
         mode: ``full``, ``prompt`` or ``linear``.
         classes: the class texts of the training prompt, in label order.
+        names: the class names those texts stand for (what detections call them); default the texts.
 
     Raises:
         ValueError: unknown mode, or (prompt) a class prompt too long for one forward pass.
@@ -128,7 +129,7 @@ def apply_mode(model: GLIP, mode: str, classes: Sequence[str]) -> None:
         )
     existing = model.prompt_offset
     if existing is None or existing.classes != tuple(classes):
-        model.prompt_offset = PromptOffset(max_len, model.language.hidden_size, classes)
+        model.prompt_offset = PromptOffset(max_len, model.language.hidden_size, classes, names)
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(name.startswith("prompt_offset."))
 

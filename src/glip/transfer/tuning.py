@@ -66,7 +66,7 @@ def tune(recipe: FinetuneRecipe, job: TuningJob) -> tuple[int, Path]:
             if "loss" in metrics:
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}", refresh=False)
 
-        callbacks = TrainCallbacks(prepare_model=lambda model: apply_mode(model, job.mode, job.texts),
+        callbacks = TrainCallbacks(prepare_model=lambda model: apply_mode(model, job.mode, job.texts, job.class_names),
                                    on_model_ready=trained.append, on_step_end=step_done)
         summary = train(train_recipe(recipe, job), callbacks=callbacks)
     if not recipe.keep_checkpoint:
