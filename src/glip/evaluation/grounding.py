@@ -107,6 +107,14 @@ def recall_metrics(results: Sequence[dict[str, Any]], truth: Sequence[Sequence[l
 
 
 @dataclass
+class GroundingEvaluation:
+    """``R@k`` (fractions) with the phrase and caption counts, and the per-caption records."""
+
+    metrics: dict[str, float]
+    results: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
+@dataclass
 class GroundingProtocol:
     """Recall@k of captions' phrases (:func:`evaluate`): each caption is its own prompt, scored
     against its own image; several captions share a forward pass."""
@@ -145,14 +153,6 @@ class GroundingProtocol:
     def restore(self, metrics: dict[str, Any]) -> GroundingEvaluation:
         return GroundingEvaluation({key: value for key, value in metrics.items()
                                     if key not in ("fingerprint", "min_size", "max_size")})
-
-
-@dataclass
-class GroundingEvaluation:
-    """``R@k`` (fractions) with the phrase and caption counts, and the per-caption records."""
-
-    metrics: dict[str, float]
-    results: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 def grounding_protocol(
