@@ -115,3 +115,26 @@ def test_an_unwritable_output_folder_fails_before_inference(protocol: str, tiny_
     monkeypatch.setattr(tiny_model, "preprocess", lambda *args: pytest.fail("inference ran"))
     with pytest.raises(ValueError, match=r"output folder .*a_file/out cannot be written"):
         entry_points[protocol](tiny_model, out)
+
+
+@pytest.mark.parametrize("protocol", ["coco", "lvis", "flickr"])
+def test_protocols_use_per_label_nms_whatever_the_models_default(protocol: str, tiny_model, tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    # GLIP-Nano's config asks for class-agnostic NMS (one label per object in pictures); the
+    # protocols must still rank every label's boxes, as the official evaluation does.
+    config = tiny_model.config
+    agnostic = dataclasses.replace(config, postprocess=dataclasses.replace(config.postprocess, class_agnostic_nms=True))
+    monkeypatch.setattr(tiny_model, "config", agnostic)
+    monkeypatch.setattr(tiny_model.processor, "config", agnostic)
+    import glip.modeling.postprocess as postprocess
+
+    built = []
+    original = postprocess.GroundingPostProcessor.__init__
+
+    def recording(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        built.append(self.class_agnostic_nms)
+
+    monkeypatch.setattr(postprocess.GroundingPostProcessor, "__init__", recording)
+    _entry_points(tmp_path)[protocol](tiny_model, tmp_path / "out")
+    assert built and not any(built)

@@ -220,7 +220,9 @@ def detection_protocol(
     paths = [image_dir / entry["file_name"] for entry in data["images"]]
     check_image_files(paths, annotation_file)
     test_size = resolve_test_size(model, min_size, max_size)
-    postprocessor = model.postprocessor(max_detections=max_detections)
+    # The protocols score per-label NMS, as the official evaluation, whatever the model's display
+    # default (GLIP-Nano's class-agnostic NMS would drop a box's second-best label from the ranking).
+    postprocessor = model.postprocessor(max_detections=max_detections, class_agnostic_nms=False)
     fingerprint = {
         "protocol": name, "annotations": file_digest(annotation_file), "images": str(image_dir.resolve()),
         "model": model_fingerprint or model_digest(model), "prompts": [prompt.caption for prompt in class_prompts],

@@ -190,7 +190,9 @@ def grounding_protocol(
         raise ValueError(f"{annotation_file}: no caption has a phrase with boxes")
     paths = [image_dir / entry["file_name"] for entry in entries]
     check_image_files(sorted(set(paths)), annotation_file)
-    settings = model.config.postprocess
+    # Per-label NMS as the official evaluation, whatever the model's display default: class-agnostic
+    # NMS lets one phrase's box suppress another phrase's (R@5 of GLIP-Nano fell from 0.99 to 0.95).
+    settings = dataclasses.replace(model.config.postprocess, class_agnostic_nms=False)
     if max_detections is not None:
         settings = dataclasses.replace(settings, detections_per_image=max_detections)
     test_size = resolve_test_size(model, min_size, max_size)

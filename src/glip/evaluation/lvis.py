@@ -324,7 +324,9 @@ def evaluate_lvis(
     logger.info("%d LVIS categories in %d prompts", len(names), len(class_prompts))
     # The official LVIS run scores up to 3000 label columns (TEST.MDETR_STYLE_AGGREGATE_CLASS_NUM),
     # so the head's num_classes does not bound a chunk here.
-    settings = dataclasses.replace(model.config.postprocess, detections_per_image=max_detections)
+    # Per-label NMS as the official evaluation, whatever the model's display default (see coco.py).
+    settings = dataclasses.replace(model.config.postprocess, detections_per_image=max_detections,
+                                   class_agnostic_nms=False)
     test_size = resolve_test_size(model, min_size, max_size)
     fingerprint = {
         "protocol": "lvis", "annotations": file_digest(annotation_file), "images": str(image_dir.resolve()),
