@@ -200,20 +200,21 @@ def command_eval(args: argparse.Namespace) -> int:
     process evaluates its share and process 0 writes ``--out``."""
     _check_model_arguments(args)
     ensure_writable_dir(args.out, "--out")
-    import torch.distributed
     from tqdm import tqdm
 
-    from glip.evaluation.runner import init_distributed
+    from glip.device import init_distributed, resolve_device, shutdown
 
     if args.protocol != "shapes":  # the runner saves OUT/partial every --save-every batches and on Ctrl-C
         args.partial_results = f"{args.out / 'partial'} (go on with --resume)"
-    args.device, owns_group = init_distributed(args.device)
+    # The evaluation exchanges only Python objects, so its group uses gloo even on GPUs.
+    device = resolve_device(args.device)
+    context = init_distributed(device, backend="gloo")
+    args.device = str(device)
     try:
         model = load_model_from_args(args)
         metrics, failed = _evaluate(model, args)
     finally:
-        if owns_group:
-            torch.distributed.destroy_process_group()
+        shutdown(context)
     if metrics is None:  # a process other than 0 of a torchrun group
         return EXIT_OK
     # The per-data-set table of a suite, the per-category table of COCO (not LVIS's 1203 rows).

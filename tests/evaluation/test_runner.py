@@ -14,8 +14,8 @@ from glip.evaluation.runner import (
     finished_metrics,
     fingerprint_digest,
     run_batches,
-    write_json,
 )
+from glip.files import write_json_atomic
 
 KEYS = [f"image-{index}" for index in range(10)]
 FINGERPRINT = {"protocol": "test", "model": "abc"}
@@ -72,7 +72,7 @@ def test_resume_refuses_partials_of_another_run(tmp_path: Path) -> None:
 def test_finished_runs_are_recognised_by_their_fingerprint(tmp_path: Path) -> None:
     options = RunOptions(2, tmp_path, resume=True)
     assert finished_metrics(FINGERPRINT, options) is None
-    write_json(tmp_path / "metrics.json", {"AP": 0.5, "fingerprint": fingerprint_digest(FINGERPRINT, options)})
+    write_json_atomic(tmp_path / "metrics.json", {"AP": 0.5, "fingerprint": fingerprint_digest(FINGERPRINT, options)})
     assert finished_metrics(FINGERPRINT, options)["AP"] == 0.5
     assert finished_metrics({**FINGERPRINT, "model": "other"}, options) is None
     assert finished_metrics(FINGERPRINT, RunOptions(4, tmp_path, resume=True)) is None
@@ -80,9 +80,9 @@ def test_finished_runs_are_recognised_by_their_fingerprint(tmp_path: Path) -> No
 
 
 def test_json_files_are_atomic_and_valid(tmp_path: Path) -> None:
-    write_json(tmp_path / "m.json", {"AP": math.nan, "x": [1.5, math.inf]}, indent=2)
+    write_json_atomic(tmp_path / "m.json", {"AP": math.nan, "x": [1.5, math.inf]}, indent=2)
     assert json.loads((tmp_path / "m.json").read_text()) == {"AP": None, "x": [1.5, None]}
     with pytest.raises(TypeError):
-        write_json(tmp_path / "m.json", {"bad": object()})
+        write_json_atomic(tmp_path / "m.json", {"bad": object()})
     assert json.loads((tmp_path / "m.json").read_text())["AP"] is None  # the old file is intact
     assert [path.name for path in tmp_path.iterdir()] == ["m.json"]  # no temp file left

@@ -31,11 +31,11 @@ from typing import Any
 
 import torch
 
-from glip.files import write_text_atomic
+from glip.files import write_json_atomic, write_text_atomic
 from glip.evaluation.annotations import check_image_files, read_coco
 from glip.evaluation.prompts import CategoryText, build_category_prompts, category_texts
 from glip.evaluation.protocol import check_output_folder, evaluate, resolve_test_size
-from glip.evaluation.runner import RunOptions, file_digest, model_digest, write_json
+from glip.evaluation.runner import RunOptions, file_digest, model_digest
 from glip.modeling.postprocess import GroundingPostProcessor
 from glip.processing import Prompt
 
@@ -140,10 +140,10 @@ def per_category_table(per_category_ap: Mapping[str, float], title: str = "AP pe
 def write_evaluation(out: Path, results: Any, metrics: dict[str, Any], per_category_ap: Mapping[str, float] | None,
                      title: str) -> None:
     """Write ``results.json``, ``metrics.json`` (and ``per_category.md``) atomically."""
-    write_json(out / "results.json", results)
+    write_json_atomic(out / "results.json", results, indent=None)  # compact: json.dumps runs in C
     if per_category_ap:
         write_text_atomic(out / "per_category.md", per_category_table(per_category_ap, title))
-    write_json(out / "metrics.json", metrics, indent=2)
+    write_json_atomic(out / "metrics.json", metrics)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -38,14 +38,13 @@ from glip.evaluation.annotations import check_image_files, read_coco
 from glip.evaluation.coco import METRIC_NAMES, evaluate_detection
 from glip.evaluation.prompts import CategoryText, clean_name
 from glip.evaluation.protocol import check_output_folder
-from glip.files import write_text_atomic
 from glip.evaluation.runner import (
     DEFAULT_SAVE_EVERY,
     RunOptions,
     model_digest,
     process_group,
-    write_json,
 )
+from glip.files import write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -514,7 +513,7 @@ def _write_suite(out: Path, title: str, header: dict[str, Any], results: dict[st
     """Write the suite's ``metrics.json`` (means over the data sets) and ``summary.md``."""
     mean = {name: _mean_defined([metrics[name] for metrics in results.values()]) for name in METRIC_NAMES}
     report: dict[str, Any] = {**header, **mean, "num_datasets": len(results), "datasets": results, "failed": failed}
-    write_json(out / "metrics.json", report, indent=2)
+    write_json_atomic(out / "metrics.json", report)
     table = summary_table(results, failed, mean, title)
     write_text_atomic(out / "summary.md", table)
     logger.info("\n%s", table)

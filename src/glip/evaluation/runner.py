@@ -21,8 +21,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
-import os
 import shutil
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -33,7 +31,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from glip.files import write_text_atomic
+from glip.files import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -83,29 +81,6 @@ def process_group() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
-
-
-def init_distributed(device: str) -> tuple[str, bool]:
-    """Join the process group that ``torchrun`` describes (``WORLD_SIZE`` > 1), if any.
-
-    The evaluation exchanges only Python objects, so the group uses gloo even on GPUs.
-
-    Args:
-        device: the requested device; a bare ``cuda`` becomes ``cuda:<LOCAL_RANK>``.
-
-    Returns:
-        ``(device of this process, whether this call created the group)``.
-    """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return device, False
-    if device == "cuda":
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    if dist.is_initialized():
-        return device, False
-    dist.init_process_group(backend="gloo", init_method="env://")
-    logger.info("evaluation process %d of %d", dist.get_rank(), dist.get_world_size())
-    return device, True
 
 
 def _barrier() -> None:
@@ -189,30 +164,6 @@ def finished_metrics(fingerprint: dict[str, Any], options: RunOptions) -> dict[s
 # --------------------------------------------------------------------------------------------------
 # Files
 # --------------------------------------------------------------------------------------------------
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN and infinities become null (JSON has no such numbers)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(item) for item in value]
-    return value
-
-
-def write_json(path: Path, data: Any, indent: int | None = None) -> None:
-    """Write JSON atomically (:func:`glip.files.write_text_atomic`); NaN and infinities become null.
-
-    Compact by default: ``json.dumps`` without indent runs in C, which matters for the millions of
-    records of an LVIS ``results.json``.
-    """
-    try:
-        text = json.dumps(data, indent=indent, allow_nan=False)
-    except ValueError:  # NaN somewhere (e.g. the AP of a category without ground truth)
-        text = json.dumps(_json_safe(data), indent=indent, allow_nan=False)
-    write_text_atomic(path, text)
 
 
 def clear_partials(out: Path) -> None:
@@ -327,8 +278,8 @@ class _PartialFile:
             return
         rank, world_size = process_group()
         records = [[self.keys[index], results[index]] for index in sorted(results)]
-        write_json(self.out / PARTIAL_DIR / f"rank{rank}-of-{world_size}.json",
-                   {"fingerprint": self.fingerprint, "results": records})
+        write_json_atomic(self.out / PARTIAL_DIR / f"rank{rank}-of-{world_size}.json",
+                          {"fingerprint": self.fingerprint, "results": records}, indent=None)
 
 
 def _run_todo(todo: list[list[int]], total: int, predict: Callable[[list[int]], list[Any]], results: dict[int, Any],

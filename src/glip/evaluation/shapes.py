@@ -16,7 +16,8 @@ from glip.evaluation.annotations import read_coco
 from glip.evaluation.coco import CocoEvaluation, coco_metrics, detection_protocol
 from glip.evaluation.grounding import evaluate_grounding
 from glip.evaluation.protocol import check_output_folder, evaluate
-from glip.evaluation.runner import RunOptions, write_json
+from glip.evaluation.runner import RunOptions
+from glip.files import write_json_atomic
 
 
 def evaluate_shapes_world(
@@ -81,4 +82,4 @@ def _class_list_ap(model, split_dir: Path, name: str, run: RunOptions, min_size:
 
 def write_report(report: dict[str, Any], path: str | Path) -> None:
     """Write the report as JSON, atomically."""
-    write_json(Path(path), report, indent=2)
+    write_json_atomic(Path(path), report)
