@@ -202,3 +202,18 @@ def _iou(first: tuple[float, ...], second: list[float]) -> float:
     height = max(0.0, min(first[3], second[3]) - max(first[1], second[1]))
     union = (first[2] - first[0]) * (first[3] - first[1]) + (second[2] - second[0]) * (second[3] - second[1])
     return width * height / (union - width * height)
+
+
+def test_class_agnostic_nms_flag_overrides_the_models_default(tmp_path: Path, monkeypatch) -> None:
+    # At a low threshold GLIP-Nano scores several labels per shape: its default class-agnostic NMS
+    # keeps one box per place, --no-class-agnostic-nms (the official per-label NMS) keeps them all.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    counts = {}
+    for flag in ("--class-agnostic-nms", "--no-class-agnostic-nms"):
+        out = tmp_path / flag.strip("-")
+        assert main(["demo", "--out", str(out), "--threshold", "0.05", flag]) == 0
+        counts[flag] = len(json.loads((out / "detections.json").read_text())[0]["scores"])
+    assert counts["--class-agnostic-nms"] < counts["--no-class-agnostic-nms"], counts
+    default = tmp_path / "default"
+    assert main(["demo", "--out", str(default), "--threshold", "0.05"]) == 0
+    assert len(json.loads((default / "detections.json").read_text())[0]["scores"]) == counts["--class-agnostic-nms"]

@@ -55,6 +55,7 @@ def _model_defaults() -> dict[str, str]:
         "threshold": values(lambda p: p.default_threshold),
         "nms": values(lambda p: p.config.postprocess.nms_threshold),
         "max_detections": values(lambda p: p.config.postprocess.detections_per_image),
+        "class_agnostic": values(lambda p: "on" if p.config.postprocess.class_agnostic_nms else "off"),
         "min_size": values(lambda p: p.config.input.min_size_test).replace("the model's", "the model's test size"),
         "max_size": values(cap),
     }
@@ -87,6 +88,9 @@ def _add_detection_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"IoU above which NMS drops the weaker box, in (0, 1]; {defaults['nms']}")
     parser.add_argument("--max-detections", type=positive_int, default=None,
                         help=f"detections kept per image before --threshold; {defaults['max_detections']}")
+    parser.add_argument("--class-agnostic-nms", action=argparse.BooleanOptionalAction, default=None,
+                        help="NMS across labels too, so that an object keeps one label (not the official "
+                             f"per-label NMS); {defaults['class_agnostic']}")
     _add_resize_arguments(parser)
 
 
@@ -94,7 +98,8 @@ def _detect_options(args: argparse.Namespace):
     from glip.cli_detect import DetectOptions
 
     return DetectOptions(threshold=args.threshold, nms_threshold=args.nms_threshold,
-                         max_detections=args.max_detections, min_size=args.min_size, max_size=args.max_size)
+                         max_detections=args.max_detections, min_size=args.min_size, max_size=args.max_size,
+                         class_agnostic_nms=args.class_agnostic_nms)
 
 
 def load_model_from_args(args: argparse.Namespace):

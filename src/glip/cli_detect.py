@@ -35,6 +35,7 @@ class DetectOptions:
     max_detections: int | None = None
     min_size: int | None = None
     max_size: int | None = None
+    class_agnostic_nms: bool | None = None
 
 
 def _is_image_file(path: Path) -> bool:
@@ -122,6 +123,7 @@ def _detect_one(model: GLIP, item: str, encoded: list[EncodedPrompt], options: D
     """The report entry of one image, its picture written; ``used_names`` gets the picture's name."""
     from PIL import Image
 
+    from glip.files import write_atomic
     from glip.processing import load_image
     from glip.visualize import draw_detections
 
@@ -137,7 +139,8 @@ def _detect_one(model: GLIP, item: str, encoded: list[EncodedPrompt], options: D
         name += "_"
     used_names.add(name)
     picture = out / f"{name}{PICTURE_SUFFIX}"
-    draw_detections(image, detections).save(picture, quality=92)
+    drawn = draw_detections(image, detections)
+    write_atomic(picture, lambda path: drawn.save(path, format="JPEG", quality=92))
     return {"image": item, **detections.to_dict(), "picture": str(picture)}
 
 
