@@ -173,7 +173,9 @@ class GLIPConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GLIPConfig:
         """Build from a nested dict (as written by :meth:`to_dict`); unknown keys are errors."""
-        return _from_dict(cls, data, "config")
+        from glip.plain import from_plain  # one parser for every typed configuration of the package
+
+        return from_plain(cls, data, "config")
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
@@ -186,54 +188,6 @@ class GLIPConfig:
         except (OSError, json.JSONDecodeError) as error:
             raise ValueError(f"cannot read GLIP config {path}: {error}") from error
         return cls.from_dict(data)
-
-
-def _from_dict(cls: type, data: Any, where: str) -> Any:
-    if not isinstance(data, dict):
-        raise TypeError(f"{where}: expected a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise KeyError(f"{where}: unknown keys {unknown}; known: {sorted(fields)}")
-    kwargs = {}
-    for name, value in data.items():
-        kind = fields[name].type
-        sub = _SECTIONS.get(kind if isinstance(kind, str) else getattr(kind, "__name__", ""))
-        if sub is not None:
-            kwargs[name] = _from_dict(sub, value, f"{where}.{name}")
-        else:
-            kwargs[name] = _coerce(value, fields[name], f"{where}.{name}")
-    return cls(**kwargs)
-
-
-def _coerce(value: Any, spec: dataclasses.Field, where: str) -> Any:
-    """Check a leaf value against the field's default type; lists become tuples."""
-    default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
-    if isinstance(default, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise TypeError(f"{where}: expected a list, got {value!r}")
-        return tuple(value)
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise TypeError(f"{where}: expected true/false, got {value!r}")
-        return value
-    if isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if isinstance(default, str):
-        if not isinstance(value, str):
-            raise TypeError(f"{where}: expected a string, got {value!r}")
-        return value
-    if isinstance(default, dict):
-        if not isinstance(value, dict):
-            raise TypeError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
-    return value
 
 
 # User text quoted in error messages is cut to this many characters.

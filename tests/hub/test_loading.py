@@ -26,7 +26,7 @@ def _folder_with_config(tmp_path: Path, edit) -> Path:
 @pytest.mark.parametrize(
     ("edit", "named"),
     [
-        (lambda d: d["config"]["fusion"].update(embed_dimm=128), "config.fusion: unknown keys ['embed_dimm']"),
+        (lambda d: d["config"]["fusion"].update(embed_dimm=128), "unknown key config.fusion.embed_dimm"),
         (lambda d: d["config"]["head"].update(num_layers="two"), "config.head.num_layers: expected an integer"),
         (lambda d: d["config"].update(backbone="resnet"), "config.backbone: 'resnet'"),
         (lambda d: d.pop("config"), "config: expected a mapping"),
