@@ -18,7 +18,6 @@ from glip.config import GLIPConfig
 from glip.hub import loading
 from glip.hub.convert import check_state_dict
 from glip.hub.pretrained_parts import LANGUAGE_PREFIX, MINILM_SOURCE, minilm_state_dict
-from glip.modeling.anchors import AnchorGenerator
 from glip.modeling.glip import GLIPModel
 from glip.modeling.language import PromptOffset, TextFeatures
 from glip.modeling.postprocess import Detections, GroundingPostProcessor
@@ -60,7 +59,6 @@ class GLIP(GLIPModel):
         super().__init__(config)
         # Tokenizer, prompts, image transform and post-processing: everything but the network.
         self.processor = GLIPProcessor(config, default_threshold)
-        self.anchor_generator = AnchorGenerator.from_config(config.anchors)
 
     # ------------------------------------------------------------------------------------------
     # Loading and saving

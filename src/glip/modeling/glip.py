@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from glip.config import GLIPConfig
+from glip.modeling.anchors import AnchorGenerator
 from glip.modeling.dyhead import DyHeadTower
 from glip.modeling.efficientnet import EfficientNetLiteBackbone
 from glip.modeling.fpn import FPN
@@ -65,6 +66,9 @@ class GLIPModel(nn.Module):
             prior_prob=config.head.prior_prob,
             log_scale_init=config.head.log_scale_init,
         )
+        # The anchors the head's boxes are coded against: the network's, so that training and
+        # decoding need nothing but the model (no parameters: not in the state dict).
+        self.anchor_generator = AnchorGenerator.from_config(config.anchors)
         if config.language.freeze:
             freeze(self.language)
         if config.backbone == "swin" and config.swin.freeze_at >= 0:

@@ -203,7 +203,8 @@ def compute_losses(
     targets), in the file's image order (ascending ids).
 
     Args:
-        model: a :class:`glip.pipeline.GLIP` (it provides the tokenizer, anchors and config).
+        model: a :class:`glip.pipeline.GLIP` (it provides the tokenizer for the data; the anchors
+            and config are the network's own).
         annotations: COCO detection JSON, MDETR grounding JSON or ODVG jsonl (told apart by
             :func:`detect_annotation_kind`).
         images: the image folder.
