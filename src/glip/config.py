@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 
 @dataclass(frozen=True)
@@ -203,7 +202,8 @@ def shorten(text: str, limit: int = QUOTE_LIMIT) -> str:
 def check_fraction(name: str, value: Any, open_low: bool = False) -> None:
     """Raise unless ``value`` is a real number in ``[0, 1]`` (``(0, 1]`` if ``open_low``); the
     message names the option ``name``."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+    # numbers.Real admits numpy's scalars too, without importing numpy (the CLI's start-up reads this module).
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {value!r}")
     inside = (0 < value if open_low else 0 <= value) and value <= 1  # False for NaN
     if not inside:
@@ -212,7 +212,7 @@ def check_fraction(name: str, value: Any, open_low: bool = False) -> None:
 
 def check_int(name: str, value: Any, minimum: int) -> None:
     """Raise unless ``value`` is an integer >= ``minimum``; the message names the option ``name``."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer, got {value!r}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
