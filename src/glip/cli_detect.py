@@ -123,9 +123,7 @@ def _detect_one(model: GLIP, item: str, encoded: list[EncodedPrompt], options: D
     """The report entry of one image, its picture written; ``used_names`` gets the picture's name."""
     from PIL import Image
 
-    from glip.files import write_atomic
     from glip.processing import load_image
-    from glip.visualize import draw_detections
 
     if item.lower().startswith(URL_SCHEMES):
         return _failed(item, f"{item}: URLs are not supported: download the image first")
@@ -139,8 +137,7 @@ def _detect_one(model: GLIP, item: str, encoded: list[EncodedPrompt], options: D
         name += "_"
     used_names.add(name)
     picture = out / f"{name}{PICTURE_SUFFIX}"
-    drawn = draw_detections(image, detections)
-    write_atomic(picture, lambda path: drawn.save(path, format="JPEG", quality=92))
+    detections.save(picture, image, quality=92)
     return {"image": item, **detections.to_dict(), "picture": str(picture)}
 
 

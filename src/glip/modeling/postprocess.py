@@ -68,8 +68,9 @@ class Detections:
 
         return draw_detections(load_image(image), self)
 
-    def save(self, path: str | Path, image: Any) -> Path:
-        """Write :meth:`plot` of ``image`` to ``path`` (format from the suffix), atomically."""
+    def save(self, path: str | Path, image: Any, **options: Any) -> Path:
+        """Write :meth:`plot` of ``image`` to ``path`` (format from the suffix), atomically; ``options``
+        go to PIL's ``Image.save`` (e.g. ``quality=92`` for JPEG)."""
         from PIL import Image
 
         from glip.files import write_atomic
@@ -79,7 +80,7 @@ class Detections:
         if image_format is None:
             raise ValueError(f"cannot save detections to {path}: unknown image suffix {path.suffix!r}")
         picture = self.plot(image)
-        write_atomic(path, lambda temporary: picture.save(temporary, format=image_format))
+        write_atomic(path, lambda temporary: picture.save(temporary, format=image_format, **options))
         return path
 
     def __getitem__(self, index: Tensor | slice) -> Detections:
