@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections import defaultdict
 from collections.abc import Sequence
 
 import torch
 from bench_inference import COCO_CLASSES, REFERENCE
 from PIL import Image
+from profile_stages import stage_timer
 from results_io import add_output_arguments, write_results
 
 from glip import GLIP
@@ -35,19 +35,10 @@ def class_names() -> list[str]:
     return [f"{colour} {name}" for colour in COLOURS for name in COCO_CLASSES][:NUM_CLASSES]
 
 
-def timed_stages(model: GLIP) -> tuple[dict[str, float], list]:
-    """Seconds per stage group, filled by forward hooks while they are registered; and the hooks."""
-    seconds: dict[str, float] = defaultdict(float)
-    groups = {"backbone (Swin + FPN)": [model.backbone, model.fpn], "BERT": [model.language],
-              "fusion tower + head": [model.tower, model.head]}
-    handles = []
-    for group, modules in groups.items():
-        for module in modules:
-            started: list[float] = []
-            handles.append(module.register_forward_pre_hook(lambda *_, s=started: s.append(time.perf_counter())))
-            handles.append(module.register_forward_hook(
-                lambda *_, s=started, g=group: seconds.__setitem__(g, seconds[g] + time.perf_counter() - s.pop())))
-    return seconds, handles
+def stage_groups(model: GLIP) -> dict[str, list]:
+    """The parts whose time the table splits: the image backbone, BERT, the fusion tower and head."""
+    return {"backbone (Swin + FPN)": [model.backbone, model.fpn], "BERT": [model.language],
+            "fusion tower + head": [model.tower, model.head]}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -63,19 +54,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     assert len(set(names)) == NUM_CLASSES
     encoded = model.encode_prompts(classes=names)
 
-    seconds, handles = timed_stages(model)
-    start = time.perf_counter()
-    ours = model.predict_encoded(image, encoded, min_size=800, threshold=0.0)
-    ours_s = time.perf_counter() - start
-    stages = dict(seconds)
-    seconds.clear()
-    start = time.perf_counter()
-    for prompt in encoded:  # the official way: one full forward per chunk
-        model.predict_encoded(image, prompt, min_size=800, threshold=0.0)
-    separate_s = time.perf_counter() - start
-    separate_stages = dict(seconds)
-    for handle in handles:
-        handle.remove()
+    with stage_timer(stage_groups(model)) as seconds:
+        start = time.perf_counter()
+        ours = model.predict_encoded(image, encoded, min_size=800, threshold=0.0)
+        ours_s = time.perf_counter() - start
+        stages = dict(seconds)
+        seconds.clear()
+        start = time.perf_counter()
+        for prompt in encoded:  # the official way: one full forward per chunk
+            model.predict_encoded(image, prompt, min_size=800, threshold=0.0)
+        separate_s = time.perf_counter() - start
+        separate_stages = dict(seconds)
 
     chunks = len(encoded)
     lines = ["| run | s/image | backbone s | BERT s | fusion + head s | other s |", "|---|---|---|---|---|---|"]

@@ -16,7 +16,8 @@ import argparse
 import json
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 import torch
 from bench_inference import COCO_CLASSES, REFERENCE, matmul_throughput
@@ -39,23 +40,34 @@ def stage_modules(model: GLIP) -> dict[str, nn.Module]:
     return stages
 
 
-def time_stages(model: GLIP, image: Image.Image) -> tuple[dict[str, float], float]:
-    """Seconds per stage of one ``predict`` (after a warm-up) and the whole call's seconds."""
+@contextmanager
+def stage_timer(groups: Mapping[str, Sequence[nn.Module]]) -> Iterator[dict[str, float]]:
+    """While the block runs, add each forward's seconds of the modules in ``groups[name]`` to the
+    yielded ``{name: seconds}`` (forward hooks, removed on exit). Modules must not nest."""
     seconds: dict[str, float] = defaultdict(float)
     handles = []
-    for name, module in stage_modules(model).items():
-        started: list[float] = []
-        handles.append(module.register_forward_pre_hook(lambda *_, s=started: s.append(time.perf_counter())))
-        handles.append(module.register_forward_hook(
-            lambda *_, s=started, n=name: seconds.__setitem__(n, seconds[n] + time.perf_counter() - s.pop())))
-    model.predict(image, classes=COCO_CLASSES, min_size=800, threshold=0.0)  # warm-up
-    seconds.clear()
-    start = time.perf_counter()
-    model.predict(image, classes=COCO_CLASSES, min_size=800, threshold=0.0)
-    total = time.perf_counter() - start
-    for handle in handles:
-        handle.remove()
-    return dict(seconds), total
+    for name, modules in groups.items():
+        for module in modules:
+            started: list[float] = []
+            handles.append(module.register_forward_pre_hook(lambda *_, s=started: s.append(time.perf_counter())))
+            handles.append(module.register_forward_hook(
+                lambda *_, s=started, n=name: seconds.__setitem__(n, seconds[n] + time.perf_counter() - s.pop())))
+    try:
+        yield seconds
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def time_stages(model: GLIP, image: Image.Image) -> tuple[dict[str, float], float]:
+    """Seconds per stage of one ``predict`` (after a warm-up) and the whole call's seconds."""
+    with stage_timer({name: [module] for name, module in stage_modules(model).items()}) as seconds:
+        model.predict(image, classes=COCO_CLASSES, min_size=800, threshold=0.0)  # warm-up
+        seconds.clear()
+        start = time.perf_counter()
+        model.predict(image, classes=COCO_CLASSES, min_size=800, threshold=0.0)
+        total = time.perf_counter() - start
+        return dict(seconds), total
 
 
 def count_stage_flops(model: GLIP, image: Image.Image) -> dict[str, float]:
