@@ -96,10 +96,7 @@ class GLIP(GLIPModel):
         kind, path, preset = loading.resolve(name_or_path)
         if kind == "hub":
             assert preset is not None
-            checkpoint = loading.download_preset_checkpoint(preset)
-            state_dict = loading.convert_official_state_dict(
-                loading.read_official_checkpoint(checkpoint), fusion_enabled=preset.config.fusion.enabled
-            )
+            state_dict, checkpoint = loading.preset_state_dict(preset)
             return cls._from_state_dict(preset.config, state_dict, str(checkpoint), preset.default_threshold, device)
         assert path is not None
         config, state_dict, metadata = loading.read_pretrained_dir(path)

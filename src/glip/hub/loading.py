@@ -207,6 +207,15 @@ def write_pretrained_dir(
     return directory
 
 
+def preset_state_dict(preset: Preset) -> tuple[dict[str, Tensor], Path]:
+    """The converted weights of a Hub preset (its official checkpoint, downloaded on first use) and
+    the checkpoint's path."""
+    checkpoint = download_preset_checkpoint(preset)
+    state_dict = convert_official_state_dict(read_official_checkpoint(checkpoint),
+                                             fusion_enabled=preset.config.fusion.enabled)
+    return state_dict, checkpoint
+
+
 def resolve(name_or_path: str | Path) -> tuple[str, Path | None, Preset | None]:
     """Classify ``name_or_path``: ("dir", path, None), ("bundled", path, preset) or ("hub", None, preset)."""
     path = Path(name_or_path)
@@ -235,6 +244,7 @@ __all__ = [
     "check_state_dict",
     "download_preset_checkpoint",
     "official_checkpoint_and_config",
+    "preset_state_dict",
     "read_pretrained_dir",
     "read_prompt_tuning",
     "resolve",

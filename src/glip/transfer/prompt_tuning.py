@@ -146,9 +146,7 @@ def read_base_model(directory: str | Path) -> tuple[Any, dict[str, Tensor], dict
         raise FileNotFoundError(f"{directory}: its base model is missing: {error}") from error
     if kind == "hub":
         assert preset is not None
-        checkpoint = loading.download_preset_checkpoint(preset)
-        state_dict = loading.convert_official_state_dict(loading.read_official_checkpoint(checkpoint),
-                                                         fusion_enabled=preset.config.fusion.enabled)
+        state_dict, _ = loading.preset_state_dict(preset)
         config, metadata = preset.config, {}
     else:
         assert path is not None
