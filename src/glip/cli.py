@@ -8,6 +8,7 @@ argument errors start instantly.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -390,6 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_parsers(commands)
     _add_train_parsers(commands)
     _add_data_parsers(commands)
+    # Commands that take GLIP out of Python, each in its own module (no torch import at parse time).
+    for module in ("glip.cli_export", "glip.cli_serve", "glip.cli_label"):
+        importlib.import_module(module).add_parsers(commands, _command)
     _command(commands, "models", "list model presets", epilog=None).set_defaults(handler=command_models)
     return parser
 

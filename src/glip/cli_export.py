@@ -1,0 +1,10 @@
+"""``glip export``: a model and a prompt to an ONNX graph."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+
+def add_parsers(commands, command: Callable[..., argparse.ArgumentParser]) -> None:
+    """Register the subcommand on ``commands``; ``command(commands, name, summary)`` makes a leaf parser."""

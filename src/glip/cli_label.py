@@ -1,0 +1,10 @@
+"""``glip label``: auto-label an image folder into a detection dataset."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+
+def add_parsers(commands, command: Callable[..., argparse.ArgumentParser]) -> None:
+    """Register the subcommand on ``commands``; ``command(commands, name, summary)`` makes a leaf parser."""
