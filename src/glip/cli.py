@@ -408,8 +408,13 @@ def _add_detect_parser(commands) -> None:
     _add_detection_arguments(detect)
     detect.add_argument("--out", type=Path, default=Path("outputs/detect"),
                         help="output folder for detections.json and pictures (default: outputs/detect)")
+    detect.add_argument("--coco-json", type=Path, metavar="FILE",
+                        help="also write COCO results [{image_id, category_id, bbox xywh, score}] to FILE, and "
+                             "the images and categories to FILE's .images.json: COCO(images).loadRes(FILE)")
     _add_model_arguments(detect)
-    detect.set_defaults(handler=command_detect)
+    from glip.cli_detect import with_coco_results  # torch-free at import
+
+    detect.set_defaults(handler=with_coco_results(command_detect))
 
     convert = _command(commands, "convert", "convert an official checkpoint to safetensors + config.json")
     convert.add_argument("checkpoint", type=Path, help="official GLIP .pth checkpoint")

@@ -3,16 +3,18 @@ picture per image out, one bad image never ending the run."""
 
 from __future__ import annotations
 
+import argparse
 import glob
+import json
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from glip.cli_support import UsageError
+from glip.cli_support import UsageError, ensure_writable_dir
 
 if TYPE_CHECKING:
     from glip.pipeline import EncodedPrompt, GLIP
@@ -99,8 +101,8 @@ def detect_images(
     images finished so far.
 
     Returns:
-        One entry per image: ``image`` and either ``error`` or the detections (``boxes`` xyxy in
-        pixels, ``scores``, ``labels``, ``phrases``) and ``picture``.
+        One entry per image: ``image`` and either ``error`` or its ``width`` and ``height``, the
+        detections (``boxes`` xyxy in pixels, ``scores``, ``labels``, ``phrases``) and ``picture``.
     """
     from glip.files import write_json_atomic
 
@@ -138,7 +140,9 @@ def _detect_one(model: GLIP, item: str, encoded: list[EncodedPrompt], options: D
     used_names.add(name)
     picture = out / f"{name}{PICTURE_SUFFIX}"
     detections.save(picture, image, quality=92)
-    return {"image": item, **detections.to_dict(), "picture": str(picture)}
+    # The size the boxes refer to (after the EXIF rotation): COCO files need it.
+    return {"image": item, "width": image.width, "height": image.height, **detections.to_dict(),
+            "picture": str(picture)}
 
 
 def _failed(item: str, message: str) -> dict[str, Any]:
@@ -150,3 +154,63 @@ def _progress(images: Sequence[str]):
     from tqdm import tqdm
 
     return tqdm(list(images), desc="detect", unit="image", disable=len(images) < 2)
+
+
+# --------------------------------------------------------------------------------------------------
+# --coco-json: the report as COCO results
+# --------------------------------------------------------------------------------------------------
+
+
+def coco_images_path(results_path: Path) -> Path:
+    """Where ``--coco-json FILE`` puts the images and categories: ``FILE`` with ``.images.json``."""
+    return results_path.with_suffix(".images.json")
+
+
+def with_coco_results(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """``glip detect``'s handler ``command``, then, with ``--coco-json FILE``, its report as COCO
+    results in ``FILE`` and their images and categories beside it (:func:`coco_images_path`)."""
+
+    def detect_then_write_coco(args: argparse.Namespace) -> int:
+        results_path = getattr(args, "coco_json", None)
+        if results_path is None:
+            return command(args)
+        # Checked before the run, which may be long: a folder in the way, an unwritable place.
+        if Path(results_path).is_dir():
+            raise UsageError(f"--coco-json {results_path}: is a folder, give a file name")
+        results_path = ensure_writable_dir(Path(results_path).parent, "--coco-json") / Path(results_path).name
+        status = command(args)
+        report = json.loads((Path(args.out).expanduser().absolute() / "detections.json").read_text())
+        count = write_coco_results(results_path, report, _categories(args, report))
+        print(f"wrote {results_path} ({count} detections) and {coco_images_path(results_path)}")
+        return status
+
+    return detect_then_write_coco
+
+
+def write_coco_results(results_path: Path, report: Sequence[dict[str, Any]], categories: dict[int, str]) -> int:
+    """Write the COCO results of ``report`` and their images file atomically; the detection count."""
+    from glip.files import write_json_atomic
+    from glip.interop import coco_files_from_report
+
+    results, images = coco_files_from_report(report, categories)
+    write_json_atomic(coco_images_path(results_path), images)
+    write_json_atomic(results_path, results)
+    return len(results)
+
+
+def _categories(args: argparse.Namespace, report: Sequence[dict[str, Any]]) -> dict[int, str]:
+    """Label id -> name: the prompt's classes or phrases in order (label ids are 1-based in it), and
+    the phrase a detection was given where there is one (a prompt-tuned model's class names)."""
+    from glip.cli import _parse_classes
+
+    if args.classes is not None:
+        names = _parse_classes(args.classes)
+    else:
+        from glip.processing import noun_phrase_spans
+
+        spans = args.span or noun_phrase_spans(args.caption)
+        names = [args.caption[begin:end] for begin, end in spans]
+    categories = dict(enumerate(names, start=1))
+    for entry in report:
+        categories.update(zip(entry.get("labels", []), entry.get("phrases", [])))
+    return categories

@@ -133,6 +133,29 @@ class Detections:
             records.append({"image_id": image_id, "category_id": int(category), "bbox": box, "score": float(score)})
         return records
 
+    @classmethod
+    def from_coco(cls, records: Sequence[Mapping[str, Any]], image_id: int | None = None,
+                  categories: Mapping[int, str] | None = None) -> Detections:
+        """One image's detections from COCO result records, the inverse of :meth:`to_coco`
+        (see :func:`glip.interop.from_coco`; ``categories``: category id -> phrase)."""
+        from glip.interop import from_coco
+
+        return from_coco(records, image_id, categories)
+
+    def to_supervision(self) -> Any:
+        """``supervision.Detections`` (``glip[supervision]``): continuous ``xyxy`` (``x2 + 1``),
+        ``class_id`` = label - 1, ``confidence``, ``data["phrase"]`` (see :mod:`glip.interop`)."""
+        from glip.interop import to_supervision
+
+        return to_supervision(self)
+
+    @classmethod
+    def from_supervision(cls, detections: Any, classes: Sequence[str] | None = None) -> Detections:
+        """The inverse of :meth:`to_supervision`; ``classes[class_id]`` names the phrases when given."""
+        from glip.interop import from_supervision
+
+        return from_supervision(detections, classes)
+
 
 # --------------------------------------------------------------------------------------------------
 # NMS with the legacy +1 IoU
