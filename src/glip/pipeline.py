@@ -14,9 +14,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from glip import interop
 from glip.config import GLIPConfig
 from glip.hub import loading
 from glip.hub.convert import check_state_dict
+from glip.hub.presets import PRESETS
 from glip.hub.pretrained_parts import LANGUAGE_PREFIX, MINILM_SOURCE, minilm_state_dict
 from glip.modeling.glip import GLIPModel
 from glip.modeling.language import PromptOffset, TextFeatures
@@ -87,13 +89,22 @@ class GLIP(GLIPModel):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, device: str | torch.device = "cpu") -> GLIP:
-        """Load a preset by name (downloading official weights on first use) or a model directory.
+        """Load a preset by name (downloading official weights on first use), a model directory, or
+        a Hub model repo (``"org/name"``) that :meth:`save_pretrained` wrote and
+        ``huggingface_hub.upload_folder`` pushed.
 
-        Offline, a preset that is not cached fails at once, naming the file to fetch and where. A
-        prompt-tuned directory (``glip finetune --mode prompt``) brings its tuned offsets, and
-        ``predict`` without ``classes=`` uses the prompt they were tuned for.
+        Offline, a preset that is not cached fails at once, naming the file to fetch and where; a
+        Hub repo is then taken from the Hugging Face cache (``HF_HUB_OFFLINE=1``). A Hub cache
+        folder (``models--org--name``) loads the snapshot ``refs/main`` names. A prompt-tuned
+        directory (``glip finetune --mode prompt``) brings its tuned offsets, and ``predict``
+        without ``classes=`` uses the prompt they were tuned for.
         """
+        name = str(name_or_path)
+        if not Path(name_or_path).exists() and name not in PRESETS and interop.is_hub_repo_id(name):
+            name_or_path = interop.hub_snapshot_dir(name)
         kind, path, preset = loading.resolve(name_or_path)
+        if path is not None and kind == "dir":
+            path = interop.cached_snapshot_dir(path)
         if kind == "hub":
             assert preset is not None
             state_dict, checkpoint = loading.preset_state_dict(preset)
@@ -130,8 +141,12 @@ class GLIP(GLIPModel):
     def save_pretrained(
         self, directory: str | Path, metadata: dict[str, Any] | None = None, language_from_package: bool = False
     ) -> Path:
-        """Write ``model.safetensors``, ``config.json`` and ``tokenizer/vocab.txt`` atomically (and
-        the prompt-tuning files of a prompt-tuned model).
+        """Write ``config.json``, ``model.safetensors``, ``tokenizer/`` (``vocab.txt``,
+        ``tokenizer_config.json``, ``special_tokens_map.json``) and a model card ``README.md``
+        (a card the folder has is kept once edited) atomically, plus the prompt-tuning files of a prompt-tuned
+        model: a Hugging Face Hub model repo as it is, to push with
+        ``huggingface_hub.upload_folder(repo_id=..., folder_path=directory)``. Saving into an
+        existing folder replaces only these files (a clone's ``.git`` and other files stay).
 
         Args:
             metadata: extra JSON-able facts stored in ``config.json`` (metrics, recipe, ...).
@@ -153,8 +168,11 @@ class GLIP(GLIPModel):
             state = {key: value for key, value in state.items() if not key.startswith(LANGUAGE_PREFIX)}
             info["language_weights"] = MINILM_SOURCE
         with tempfile.TemporaryDirectory() as scratch:
-            vocab = self.tokenizer.save_vocabulary(scratch)[0]
-            return loading.write_pretrained_dir(directory, self.config, state, vocab, info, prompt_tuning)
+            # legacy_format: vocab.txt, tokenizer_config.json and special_tokens_map.json, which
+            # transformers' AutoTokenizer reads; no 700 kB tokenizer.json it can rebuild from them.
+            self.tokenizer.save_pretrained(scratch, legacy_format=True)
+            return loading.write_pretrained_dir(directory, self.config, state, scratch, info, prompt_tuning,
+                                                interop.model_card(self.config, info))
 
     @property
     def tokenizer(self):

@@ -4,10 +4,15 @@ Two formats:
 
 * official ``.pth`` + yacs YAML (``GLIP.from_official``), converted on load by
   :mod:`glip.hub.convert`;
-* this package's directory (``GLIP.from_pretrained``): ``model.safetensors``, ``config.json``
-  and ``tokenizer/vocab.txt``, written by ``save_pretrained`` / ``glip convert``; a prompt-tuned
-  model adds ``prompt_tuning.safetensors`` (its offsets) and ``prompt_tuning.json`` (the class
-  texts of the prompt they were tuned for), see :class:`glip.modeling.language.PromptOffset`.
+* this package's directory (``GLIP.from_pretrained``), laid out as a Hugging Face Hub model repo
+  (so ``huggingface_hub.upload_folder`` pushes it as is): ``config.json``, ``model.safetensors``,
+  ``tokenizer/`` (``vocab.txt``, ``tokenizer_config.json``, ``special_tokens_map.json``: the
+  BERT WordPiece tokenizer, a subfolder as diffusers' repos have, since the root ``config.json``
+  is ours, not a transformers one) and a model card ``README.md``, written by ``save_pretrained``
+  / ``glip convert``; a prompt-tuned model adds ``prompt_tuning.safetensors`` (its offsets) and
+  ``prompt_tuning.json`` (the class texts of the prompt they were tuned for), see
+  :class:`glip.modeling.language.PromptOffset`. Folders of earlier versions (``tokenizer/`` with
+  ``vocab.txt`` only, no card) and a ``vocab.txt`` at the root read as well.
 
 Nothing is downloaded unless a preset name is asked for; offline, that fails at once naming the
 file to fetch and where to put it.
@@ -44,11 +49,18 @@ logger = logging.getLogger(__name__)
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 TOKENIZER_DIR = "tokenizer"
+MODEL_CARD_FILE = "README.md"
 FORMAT_NAME = "glip"
 FORMAT_VERSION = 1
 PROMPT_TUNING_WEIGHTS = "prompt_tuning.safetensors"
 PROMPT_TUNING_FILE = "prompt_tuning.json"
 PROMPT_TUNING_FORMAT = "glip-prompt-tuning"
+# What a save writes, so a save into an existing folder replaces exactly these: the rest of the
+# folder (a Hub clone's .git and .gitattributes, the user's files) is kept. README.md is not here:
+# an existing model card stays unless it still carries the mark of a card written by a save (so a
+# training run that saves again and again refreshes its card's facts).
+WRITTEN_ENTRIES = frozenset({WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_DIR, PROMPT_TUNING_WEIGHTS, PROMPT_TUNING_FILE})
+GENERATED_CARD_MARK = "<!-- written by glip's save_pretrained: delete this line to keep your edits on the next save -->"
 
 
 def bundled_weights_dir() -> Path:
@@ -101,9 +113,10 @@ def read_pretrained_dir(directory: str | Path) -> tuple[GLIPConfig, dict[str, Te
         # from_dict names the key (``config.head.num_layers``); the file is named here.
         reason = error.args[0] if error.args else repr(error)
         raise ValueError(f"{config_path}: invalid GLIP config: {reason}") from error
-    tokenizer_dir = directory / TOKENIZER_DIR
-    if (tokenizer_dir / "vocab.txt").is_file():
-        config = _with_tokenizer(config, str(tokenizer_dir))
+    for tokenizer_dir in (directory / TOKENIZER_DIR, directory):  # the root: a folder laid out by hand
+        if (tokenizer_dir / "vocab.txt").is_file():
+            config = _with_tokenizer(config, str(tokenizer_dir))
+            break
     size = weights_path.stat().st_size
     if size == 0:
         raise CheckpointError(f"{weights_path} is empty (0 bytes): the copy or download did not complete")
@@ -159,14 +172,21 @@ def write_pretrained_dir(
     directory: str | Path,
     config: GLIPConfig,
     state_dict: dict[str, Tensor],
-    vocab_file: str | Path | None,
+    tokenizer: str | Path | None,
     metadata: dict[str, Any] | None = None,
     prompt_tuning: tuple[Tensor, list[str], list[str]] | None = None,
+    model_card: str | None = None,
 ) -> Path:
-    """Write weights, config and vocabulary atomically (a temp folder renamed into place).
+    """Write weights, config and tokenizer atomically (a temp folder renamed into place).
+
+    An existing ``directory`` keeps what is not the model's (:data:`WRITTEN_ENTRIES`): e.g. the
+    ``.git`` of a Hub repo clone, its ``.gitattributes``, and its ``README.md``.
 
     Args:
+        tokenizer: a ``vocab.txt``, or a folder of tokenizer files (all copied to ``tokenizer/``).
         prompt_tuning: the offsets ``[L, D]`` and class texts of a prompt-tuned model.
+        model_card: ``README.md`` text, written unless ``directory`` has a ``README.md`` already
+            that is not an unedited earlier one (:data:`GENERATED_CARD_MARK`).
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -190,14 +210,16 @@ def write_pretrained_dir(
             info = {"format": PROMPT_TUNING_FORMAT, "version": 1, "classes": list(classes),
                     "class_names": list(names)}
             (staging / PROMPT_TUNING_FILE).write_text(json.dumps(info, indent=2) + "\n")
-        if vocab_file is not None:
-            (staging / TOKENIZER_DIR).mkdir()
-            shutil.copyfile(vocab_file, staging / TOKENIZER_DIR / "vocab.txt")
+        if tokenizer is not None:
+            _copy_tokenizer(Path(tokenizer), staging / TOKENIZER_DIR)
+        if model_card is not None:
+            (staging / MODEL_CARD_FILE).write_text(model_card, encoding="utf-8")
         if directory.exists():
             backup = directory.with_name(f".{directory.name}.old")
             shutil.rmtree(backup, ignore_errors=True)
             os.replace(directory, backup)
             os.replace(staging, directory)
+            _move_back_foreign_entries(backup, directory)
             shutil.rmtree(backup, ignore_errors=True)
         else:
             os.replace(staging, directory)
@@ -205,6 +227,32 @@ def write_pretrained_dir(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return directory
+
+
+def _copy_tokenizer(source: Path, target: Path) -> None:
+    target.mkdir()
+    if source.is_dir():
+        for file in sorted(source.iterdir()):
+            if file.is_file():
+                shutil.copyfile(file, target / file.name)
+    else:
+        shutil.copyfile(source, target / "vocab.txt")
+
+
+def _move_back_foreign_entries(old: Path, new: Path) -> None:
+    """Move what the earlier folder ``old`` held besides a model's files into the new folder:
+    nothing of the user's is lost by saving over it (a crash mid-way leaves them in ``old``)."""
+    for entry in sorted(old.iterdir()):
+        if entry.name in WRITTEN_ENTRIES or (entry.name == MODEL_CARD_FILE and _is_generated_card(entry)):
+            continue
+        os.replace(entry, new / entry.name)  # README.md: the user's card replaces the generated one
+
+
+def _is_generated_card(path: Path) -> bool:
+    try:
+        return GENERATED_CARD_MARK in path.read_text(encoding="utf-8", errors="replace")
+    except OSError:  # unreadable: keep it, it is not ours to drop
+        return False
 
 
 def preset_state_dict(preset: Preset) -> tuple[dict[str, Tensor], Path]:
