@@ -10,9 +10,7 @@ import socket
 import struct
 import threading
 import time
-import urllib.error
 import urllib.request
-import uuid
 import zlib
 from collections.abc import Iterator
 from functools import lru_cache
@@ -29,6 +27,7 @@ from glip.cli import main  # noqa: E402
 from glip.data.shapes_world import SHAPES, encode_png, render_scene, sample_scene  # noqa: E402
 from glip.serve import BackgroundServer, ServeOptions, create_app  # noqa: E402
 from glip.serve.batching import BatchQueue, QueueClosed  # noqa: E402
+from glip.serve.client import open_json, post_detect  # noqa: E402
 
 CLASSES = ",".join(SHAPES)
 # A long window and batches of 2: two concurrent requests with one key are batched as soon as the
@@ -107,35 +106,12 @@ def _scene(index: int) -> np.ndarray:
     return render_scene(sample_scene(7, "test", index))
 
 
-def _multipart(fields: dict[str, str], files: dict[str, bytes]) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    body = io.BytesIO()
-    for name, value in fields.items():
-        body.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
-    for name, data in files.items():
-        body.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="upload.png"\r\n'
-                   "Content-Type: application/octet-stream\r\n\r\n".encode())
-        body.write(data + b"\r\n")
-    body.write(f"--{boundary}--\r\n".encode())
-    return body.getvalue(), f"multipart/form-data; boundary={boundary}"
-
-
 def _post(server: BackgroundServer, fields: dict[str, str], image: bytes | None) -> tuple[int, dict]:
-    body, content_type = _multipart(fields, {} if image is None else {"image": image})
-    request = urllib.request.Request(server.url + "/detect", data=body, headers={"Content-Type": content_type})
-    return _open(request)
-
-
-def _open(request: urllib.request.Request | str) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+    return post_detect(server.url, image, fields)
 
 
 def _health(server: BackgroundServer) -> dict:
-    status, payload = _open(server.url + "/health")
+    status, payload = open_json(server.url + "/health")
     assert status == 200
     return payload
 
@@ -245,7 +221,7 @@ def test_bad_requests_get_a_one_line_4xx(server: BackgroundServer, case: str) ->
 def test_server_keeps_serving_after_bad_requests(server: BackgroundServer) -> None:
     for fields, image, _, _ in BAD_REQUESTS.values():
         _post(server, fields, image)
-    status, payload = _open(urllib.request.Request(server.url + "/detect"))  # GET: not allowed
+    status, payload = open_json(urllib.request.Request(server.url + "/detect"))  # GET: not allowed
     assert status == 405 and set(payload) == {"error"}
     assert _health(server)["status"] == "ok"
     status, payload = _post(server, {"classes": CLASSES}, SCENE_PNG)
