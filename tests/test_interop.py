@@ -204,6 +204,15 @@ def test_detect_coco_json_caption_categories_are_the_spans(reference_dir: Path, 
     assert {result["category_id"] for result in json.loads(results_file.read_text())} <= {1, 2}
 
 
+def test_detect_coco_json_says_when_there_is_nothing_for_loadres(reference_dir: Path, tmp_path: Path,
+                                                                 capsys) -> None:
+    image = reference_dir / "glip_tiny_parity" / "case_a_astronaut.png"
+    code = main(["detect", str(image), "--classes", "person", "--threshold", "1.0", "--min-size", "64", "--out",
+                 str(tmp_path / "out"), "--coco-json", str(tmp_path / "coco.json"), *_official_args(reference_dir)])
+    assert code == 0 and json.loads((tmp_path / "coco.json").read_text()) == []
+    assert "(0 detections: an empty list, which pycocotools' loadRes cannot read)" in capsys.readouterr().out
+
+
 def test_detect_coco_json_refuses_a_folder_before_loading_anything(tmp_path: Path, capsys) -> None:
     code = main(["detect", str(tmp_path), "--classes", "dog", "--coco-json", str(tmp_path), "--model", "no-such"])
     assert code == 2 and "--coco-json" in capsys.readouterr().err

@@ -181,7 +181,9 @@ def with_coco_results(command: Callable[[argparse.Namespace], int]) -> Callable[
         status = command(args)
         report = json.loads((Path(args.out).expanduser().absolute() / "detections.json").read_text())
         count = write_coco_results(results_path, report, _categories(args, report))
-        print(f"wrote {results_path} ({count} detections) and {coco_images_path(results_path)}")
+        # pycocotools' loadRes fails on an empty list (IndexError): say so rather than let it surprise.
+        empty = ": an empty list, which pycocotools' loadRes cannot read" if count == 0 else ""
+        print(f"wrote {results_path} ({count} detections{empty}) and {coco_images_path(results_path)}")
         return status
 
     return detect_then_write_coco
