@@ -235,8 +235,13 @@ def hub_snapshot_dir(repo_id: str, revision: str | None = None) -> Path:
     except ImportError as error:  # a transformers dependency, so normally present
         raise ImportError(f"loading {repo_id!r} from the Hub needs huggingface_hub: pip install huggingface_hub") \
             from error
+    from glip.hub import loading
+
+    # Only what a model folder is made of: a repo may hold other large files (ONNX exports, runs).
+    wanted = [loading.CONFIG_FILE, loading.WEIGHTS_FILE, f"{loading.TOKENIZER_DIR}/*", "vocab.txt",
+              loading.PROMPT_TUNING_WEIGHTS, loading.PROMPT_TUNING_FILE]
     try:
-        return Path(snapshot_download(repo_id, revision=revision))
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=wanted))
     except (OSError, ValueError) as error:
         # huggingface_hub's errors (offline and not cached, no such repo, no access, a bad id)
         # derive from these.
