@@ -127,8 +127,10 @@ def test_loads_from_a_hub_cache_by_folder_and_by_repo_id_offline(reference_dir: 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     for source in (snapshot, snapshot.parents[1], "someone/glip-tiny"):
         _assert_same_model(model, GLIP.from_pretrained(source), reference_dir)
-    with pytest.raises(FileNotFoundError, match="someone/not-cached"):
+    with pytest.raises(FileNotFoundError, match="someone/not-cached.*reachable Hub repo"):
         GLIP.from_pretrained("someone/not-cached")
+    with pytest.raises(FileNotFoundError, match="neither a model directory nor a preset"):
+        GLIP.from_pretrained(Path("someone/glip-tiny"))  # a Path is a local folder, never a repo id
 
 
 def test_saving_into_a_repo_clone_keeps_its_files_and_replaces_the_model(reference_dir: Path, tmp_path: Path) -> None:

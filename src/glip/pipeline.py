@@ -90,8 +90,8 @@ class GLIP(GLIPModel):
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, device: str | torch.device = "cpu") -> GLIP:
         """Load a preset by name (downloading official weights on first use), a model directory, or
-        a Hub model repo (``"org/name"``) that :meth:`save_pretrained` wrote and
-        ``huggingface_hub.upload_folder`` pushed.
+        a Hub model repo (a ``str`` ``"org/name"`` naming no local folder) that
+        :meth:`save_pretrained` wrote and ``huggingface_hub.upload_folder`` pushed.
 
         Offline, a preset that is not cached fails at once, naming the file to fetch and where; a
         Hub repo is then taken from the Hugging Face cache (``HF_HUB_OFFLINE=1``). A Hub cache
@@ -99,9 +99,10 @@ class GLIP(GLIPModel):
         directory (``glip finetune --mode prompt``) brings its tuned offsets, and ``predict``
         without ``classes=`` uses the prompt they were tuned for.
         """
-        name = str(name_or_path)
-        if not Path(name_or_path).exists() and name not in PRESETS and interop.is_hub_repo_id(name):
-            name_or_path = interop.hub_snapshot_dir(name)
+        # Only a str can be a repo id: a Path is a local folder, never sent to the Hub.
+        if isinstance(name_or_path, str) and not Path(name_or_path).exists() and name_or_path not in PRESETS \
+                and interop.is_hub_repo_id(name_or_path):
+            name_or_path = interop.hub_snapshot_dir(name_or_path)
         kind, path, preset = loading.resolve(name_or_path)
         if path is not None and kind == "dir":
             path = interop.cached_snapshot_dir(path)
