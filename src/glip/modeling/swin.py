@@ -62,8 +62,11 @@ def relative_position_index(window_size: int) -> Tensor:
 
 
 def padded_size(size: int, window_size: int) -> int:
-    """``size`` rounded up to a multiple of ``window_size``."""
-    return -(-size // window_size) * window_size
+    """``size`` rounded up to a multiple of ``window_size``.
+
+    Written without negative floor division: the ONNX exporter traces ``//`` on sizes as a
+    truncating division, which would round ``-(-size // w)`` the wrong way (glip.export)."""
+    return (size + window_size - 1) // window_size * window_size
 
 
 def shifted_window_mask(padded_height: int, padded_width: int, window_size: int, shift: int,
