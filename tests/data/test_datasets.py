@@ -548,3 +548,25 @@ def test_collate_pads_and_binarises(tmp_path: Path, tokenizer) -> None:
     assert batch.images[0, :, 33:].abs().sum() == 0 and batch.images[0, :, :, 49:].abs().sum() == 0
     moved = batch.to("cpu")
     assert torch.equal(moved.images, batch.images)
+
+
+def test_objects_another_file_lists_but_this_one_lacks_become_ignore_boxes(tmp_path: Path, tokenizer) -> None:
+    # The "every object" file has image 1's two boxes plus a third; this file names two of them.
+    everything = _coco(tmp_path, [*_simple_annotations(),
+                                  {"id": 13, "image_id": 1, "category_id": 1, "bbox": [40, 20, 10, 10]}],
+                       name="all.json")
+    partial = _coco(tmp_path, _simple_annotations())
+    transforms = TestTransforms(min_size=80, max_size=None)  # scale 2: ignore boxes are resized too
+    dataset = DetectionDataset(partial, tmp_path, tokenizer, transforms=transforms, deterministic=True,
+                               ignore_objects_from=everything)
+    first, second = dataset[0], dataset[1]
+    torch.testing.assert_close(first.ignore_boxes, torch.tensor([[80.0, 40.0, 98.0, 58.0]]))  # [40, 20, 49, 29] x 2
+    assert second.ignore_boxes is None  # nothing missing from image 2
+    plain = DetectionDataset(partial, tmp_path, tokenizer, transforms=transforms, deterministic=True)[0]
+    assert plain.ignore_boxes is None
+    torch.testing.assert_close(first.boxes, plain.boxes)
+    torch.testing.assert_close(first.positive_map, plain.positive_map)
+    assert first.tokens_positive == plain.tokens_positive
+    batch = collate([first, second], tokenizer)
+    torch.testing.assert_close(batch.targets[0].ignore_boxes, first.ignore_boxes)
+    assert batch.targets[1].ignore_boxes is None

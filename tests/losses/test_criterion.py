@@ -13,6 +13,7 @@ from glip.data import Target
 from torchvision.ops import sigmoid_focal_loss
 
 from glip.losses import GLIPCriterion, centerness_targets, giou_loss
+from glip.losses.criterion import IGNORED
 from glip.modeling.anchors import grid_anchors
 from glip.modeling.box_coder import BoxCoder
 
@@ -260,3 +261,32 @@ def test_half_precision_predictions_give_float32_losses() -> None:
     assert all(loss.dtype == torch.float32 for loss in losses.values())
     for name, value in criterion(predictions, anchors, targets, text_mask).items():
         torch.testing.assert_close(losses[name], value)
+
+
+def test_ignored_objects_take_anchors_out_of_every_loss() -> None:
+    # One named box at the top left, one ignored object at the bottom right of a 4x4 map.
+    grid_sizes, anchors, targets, text_mask = _single_box_setup()
+    ignored_box = torch.tensor([[20.0, 20.0, 35.0, 35.0]])
+    with_ignore = [Target(targets[0].boxes, targets[0].labels, targets[0].positive_map, ignored_box)]
+    criterion = GLIPCriterion(BoxCoder())
+    plain, ignoring = criterion.assign(anchors, targets)[0], criterion.assign(anchors, with_ignore)[0]
+    ignored = ignoring.matched_gt_index == IGNORED  # [A] bool
+    assert ignored.any()
+    assert torch.equal(plain.positive_mask, ignoring.positive_mask)  # the named box keeps its anchors
+    assert not (plain.positive_mask & ignored).any()
+
+    # Raising the token logits of the ignored anchors changes the plain loss, not the ignoring one.
+    base, raised = _zero_predictions(1, grid_sizes, 4), _zero_predictions(1, grid_sizes, 4)
+    with torch.no_grad():
+        raised.dot_product_logits[0][0, ignored] = 5.0
+    for targets_, changes in ((targets, True), (with_ignore, False)):
+        before = criterion(base, anchors, targets_, text_mask)
+        after = criterion(raised, anchors, targets_, text_mask)
+        assert (after["loss_dot_product_token"] != before["loss_dot_product_token"]).item() is changes
+        assert after["loss_reg"].item() == before["loss_reg"].item()
+    # Ignored anchors drop out of the token sum: 3 real tokens x background focal term each.
+    kept = criterion(base, anchors, with_ignore, text_mask)["loss_dot_product_token"]
+    full = criterion(base, anchors, targets, text_mask)["loss_dot_product_token"]
+    num_positive = int(plain.positive_mask.sum())
+    expected_drop = int(ignored.sum()) * 3 * NEGATIVE_AT_ZERO / num_positive
+    assert (full - kept).item() == pytest.approx(expected_drop, rel=1e-5)

@@ -160,3 +160,12 @@ def test_shipped_recipe_reads_the_folders_its_commands_write(monkeypatch) -> Non
     assert Path(recipe.output_dir) == root / "runs" / "glip_nano"
     assert {Path(source.images) for source in recipe.data.sources} == {root / "data" / "shapes_train" / "images"}
     assert {Path(source.annotations).parent for source in recipe.data.sources} == {root / "data" / "shapes_train"}
+
+
+def test_ignore_objects_from_is_a_path_of_coco_sources_only(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    text = MINIMAL.replace("images: img}", "images: img, ignore_objects_from: ann/all.json}")
+    source = TrainRecipe.from_yaml(_write(tmp_path, text)).data.sources[0]
+    assert Path(source.ignore_objects_from) == tmp_path / "ann" / "all.json"
+    with pytest.raises(RecipeError, match=r"data.sources.0.ignore_objects_from is only read for kind coco"):
+        TrainRecipe.from_yaml(_write(tmp_path, text.replace("kind: coco", "kind: grounding")))

@@ -30,14 +30,18 @@ class Target:
         boxes: ``[G, 4]`` float32 xyxy (inclusive convention) in resized-image pixels.
         labels: ``[G]`` int64 category ids.
         positive_map: ``[G, T]`` float32 in {0, 1}: box g is grounded to token t.
+        ignore_boxes: ``[K, 4]`` float32 xyxy of objects that get no loss (``Sample.ignore_boxes``),
+            or None.
     """
 
     boxes: Tensor
     labels: Tensor
     positive_map: Tensor
+    ignore_boxes: Tensor | None = None
 
     def to(self, device: torch.device | str) -> Target:
-        return Target(self.boxes.to(device), self.labels.to(device), self.positive_map.to(device))
+        ignore = None if self.ignore_boxes is None else self.ignore_boxes.to(device)
+        return Target(self.boxes.to(device), self.labels.to(device), self.positive_map.to(device), ignore)
 
 
 @dataclass
@@ -120,7 +124,8 @@ def collate(
     captions = [sample.caption for sample in kept]
     text = tokenize_captions(captions, tokenizer, max_len)
     targets = [
-        Target(sample.boxes, sample.labels, binarize_positive_map(sample.positive_map, max_len)) for sample in kept
+        Target(sample.boxes, sample.labels, binarize_positive_map(sample.positive_map, max_len), sample.ignore_boxes)
+        for sample in kept
     ]
     return Batch(
         images=images,

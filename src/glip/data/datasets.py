@@ -56,11 +56,15 @@ from glip import quirks
 from glip.data.prompts import full_category_prompt, sampled_category_prompt
 from glip.data.transforms import TrainTransforms, TransformedSample
 from glip.data.validation import checked_bbox, entry_name
+from glip.modeling.postprocess import box_iou_legacy
 from glip.processing import Span, create_positive_map, load_image
 
 logger = logging.getLogger(__name__)
 
 ImageId = Union[int, str]
+
+# ``ignore_objects_from``: a box of the other file is one of this file's objects at this IoU or more.
+IGNORE_MATCH_IOU: float = 0.9
 
 
 @dataclass
@@ -78,6 +82,8 @@ class Sample:
         tokens_positive: per box, its ``(begin, end)`` character spans in ``caption``.
         image_id: id of the image in its annotation file.
         original_size: ``(H0, W0)`` of the decoded image.
+        ignore_boxes: ``[K, 4]`` float32 xyxy in ``image`` pixels: objects the source knows of but
+            does not name (``ignore_objects_from``); anchors on them get no loss. None: none.
     """
 
     image: Tensor
@@ -88,6 +94,7 @@ class Sample:
     tokens_positive: list[list[Span]]
     image_id: ImageId
     original_size: tuple[int, int]
+    ignore_boxes: Tensor | None = None
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -187,6 +194,7 @@ class _Record:
     labels: np.ndarray  # [G] int64
     caption: str | None = None
     tokens_positive: list[list[Span]] | None = None
+    ignore_boxes: np.ndarray | None = None  # [K, 4] float32 xyxy, inclusive convention
 
 
 # --------------------------------------------------------------------------------------------------
@@ -395,19 +403,31 @@ class _GroundingSource(Dataset):
             assert record.tokens_positive is not None
             tokens_positive = [record.tokens_positive[i] for i in torch.nonzero(keep).flatten().tolist()]
 
+        num_boxes = int(boxes.shape[0])
+        ignore = None
+        if record.ignore_boxes is not None and len(record.ignore_boxes):
+            ignore, inside = clip_boxes_to_image(torch.from_numpy(record.ignore_boxes), image.height, image.width)
+            ignore = ignore[inside]
+            # The ignored boxes ride through the same resize / flip as the named ones, without spans.
+            boxes = torch.cat([boxes, ignore])
+            tokens_positive = [*tokens_positive, *([[]] * int(ignore.shape[0]))]
         transformed = self.transforms(image, boxes, caption, tokens_positive, rng)
+        boxes, spans = transformed.boxes[:num_boxes], transformed.tokens_positive[:num_boxes]
+        if ignore is not None:
+            ignore = transformed.boxes[num_boxes:]
         # Official ``ConvertCocoPolysToMask``: the caption alone, truncated at the query length.
         encoding = self.tokenizer(transformed.caption, max_length=self.max_query_len, truncation=True)
-        positive_map = create_positive_map(encoding, transformed.tokens_positive, self.max_query_len)
+        positive_map = create_positive_map(encoding, spans, self.max_query_len)
         return Sample(
             image=transformed.image,
-            boxes=transformed.boxes,
+            boxes=boxes,
             labels=labels.to(torch.int64),
             positive_map=positive_map,
             caption=transformed.caption,
-            tokens_positive=transformed.tokens_positive,
+            tokens_positive=spans,
             image_id=record.image_id,
             original_size=original_size,
+            ignore_boxes=ignore,
         )
 
     def _category_caption(self, labels: Tensor, rng: random.Random) -> tuple[str, list[list[Span]], Tensor]:
@@ -523,6 +543,11 @@ class DetectionDataset(_GroundingSource):
         image_dir: folder that ``file_name`` is relative to.
         tokenizer: the model's tokenizer (``glip.processing.load_tokenizer``).
         options: transforms, prompt sampling, query length, seed (:class:`DatasetOptions`).
+        ignore_objects_from: another COCO file of the same images (matched by ``file_name``) that
+            lists every object, e.g. a shape file beside a file of colour-shape pairs that leaves
+            some pairs out. Its boxes that this file does not have (IoU < 0.9 with each of them) are
+            objects this source does not name: anchors on them get no loss, instead of being
+            taught as background for every name of the prompt.
         **settings: fields of :class:`DatasetOptions` to replace in ``options``, e.g.
             ``DetectionDataset(path, images, tokenizer, deterministic=True)``.
     """
@@ -533,6 +558,7 @@ class DetectionDataset(_GroundingSource):
         image_dir: str | Path,
         tokenizer: BertTokenizerFast,
         options: DatasetOptions | None = None,
+        ignore_objects_from: str | Path | None = None,
         **settings: Any,
     ) -> None:
         super().__init__(annotation_file, image_dir, tokenizer, _options(options, settings))
@@ -563,6 +589,33 @@ class DetectionDataset(_GroundingSource):
             if not annotation.get("iscrowd", 0):
                 image.add(box, contiguous[category_id])
         self._add_coco_records(images)
+        if ignore_objects_from is not None:
+            self._add_ignored_objects(Path(ignore_objects_from))
+
+    def _add_ignored_objects(self, path: Path) -> None:
+        """Give each record the boxes of ``path`` (same images, by file name) that it lacks."""
+        data = _read_json(path)
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a COCO JSON object with images and annotations")
+        others = _parse_coco_images(path, data)
+        for _, image, box, annotation in _coco_annotations(path, data, others):
+            if not annotation.get("iscrowd", 0):
+                image.add(box, 0)
+        by_name = {image.file_name: image for image in others.values()}
+        added = 0
+        for record in self.records:
+            other = by_name.get(str(record.image_file.relative_to(self.image_dir)))
+            if other is None or not other.boxes:
+                continue
+            candidates = xywh_to_xyxy(torch.from_numpy(_box_array(other.boxes)))
+            named = torch.from_numpy(record.boxes)
+            if named.shape[0]:
+                unnamed = box_iou_legacy(candidates, named).amax(dim=1) < IGNORE_MATCH_IOU
+                candidates = candidates[unnamed]
+            if candidates.shape[0]:
+                record.ignore_boxes = candidates.numpy()
+                added += int(candidates.shape[0])
+        logger.info("%s: %d objects of %s that it does not name get no loss", self.source, added, path)
 
 
 @dataclass

@@ -27,7 +27,8 @@ class AtssAssignment:
     """The assignment of one image's anchors (all levels concatenated, P3 first).
 
     Attributes:
-        matched_gt_index: ``[A]`` int64 index of the assigned ground-truth box, -1 for background.
+        matched_gt_index: ``[A]`` int64 index of the assigned ground-truth box, -1 for background
+            (``glip.losses.criterion.IGNORED`` for an anchor that an ignored object won).
         candidate_indices: ``[K, G]`` int64 candidate anchors per box: per level the
             ``min(top_k, A_l)`` anchors closest by centre distance (nearest first), levels
             concatenated, so ``K = sum_l min(top_k, A_l)``.

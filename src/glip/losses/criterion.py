@@ -19,6 +19,9 @@ from glip import quirks
 from glip.losses.assign import AtssAssignment, atss_assign
 from glip.modeling.box_coder import BoxCoder
 
+# ``AtssAssignment.matched_gt_index`` of an anchor won by an ignored object (not in the official code).
+IGNORED: int = -2
+
 # Added to the union and enclosing areas of GIoU (official ``GIoULoss``).
 GIOU_EPS: float = 1e-7
 
@@ -178,8 +181,23 @@ class GLIPCriterion(nn.Module):
         self.reduce_sum = reduce_sum if reduce_sum is not None else _identity_reduce_sum
 
     def assign(self, anchors: Sequence[Tensor], targets: Sequence[TargetLike]) -> list[AtssAssignment]:
-        """ATSS assignment of every image (anchors shared by the padded batch)."""
-        return [atss_assign(anchors, target.boxes, self.top_k) for target in targets]
+        """ATSS assignment of every image (anchors shared by the padded batch).
+
+        A target's ``ignore_boxes`` (optional attribute) take part in the assignment like its
+        boxes; the anchors they win are marked :data:`IGNORED` (no loss at all).
+        """
+        assignments = []
+        for target in targets:
+            ignore = getattr(target, "ignore_boxes", None)
+            if ignore is None or ignore.shape[0] == 0:
+                assignments.append(atss_assign(anchors, target.boxes, self.top_k))
+                continue
+            num_boxes = target.boxes.shape[0]
+            both = atss_assign(anchors, torch.cat([target.boxes, ignore.to(target.boxes)]), self.top_k)
+            matched = torch.where(both.matched_gt_index >= num_boxes, IGNORED, both.matched_gt_index)
+            assignments.append(AtssAssignment(matched, both.candidate_indices[:, :num_boxes],
+                                              both.iou_threshold[:num_boxes]))
+        return assignments
 
     def forward(
         self,
@@ -227,8 +245,11 @@ class GLIPCriterion(nn.Module):
         total_positive = self.reduce_sum(positive.sum().reshape(1)).item()  # int64 count over processes
         num_positive = max(total_positive / float(self.world_size), 1.0)
 
-        # Token loss over the (anchor, token) pairs of real tokens only.
+        # Token loss over the (anchor, token) pairs of real tokens and not ignored anchors only.
         token_mask = (text_mask > 0).unsqueeze(1).expand_as(token_logits)  # [B, A, T]
+        ignored = torch.stack([assignment.matched_gt_index == IGNORED for assignment in assignments])  # [B, A]
+        if ignored.any():
+            token_mask = token_mask & ~ignored.unsqueeze(-1)
         # torchvision's op computes the official ``token_sigmoid_binary_focal_loss`` in the same
         # order of operations: bit-identical (tests/losses/test_criterion.py pins it).
         token_loss = sigmoid_focal_loss(

@@ -119,6 +119,7 @@ def open_dataset(
     tokenizer: BertTokenizerFast,
     options: DatasetOptions,
     label_map: str | Path | None = None,
+    ignore_objects_from: str | Path | None = None,
 ) -> Dataset:
     """The dataset of one annotation source.
 
@@ -129,9 +130,12 @@ def open_dataset(
         tokenizer: the model's tokenizer.
         options: transforms, prompt sampling, query length and seed (:class:`glip.data.DatasetOptions`).
         label_map: ODVG only, ``{label: name}`` JSON.
+        ignore_objects_from: coco only, the COCO file of every object (see :class:`DetectionDataset`).
     """
+    if ignore_objects_from is not None and kind != "coco":
+        raise ValueError(f"{annotations}: ignore_objects_from is only read for COCO detection files, not {kind}")
     if kind == "coco":
-        return DetectionDataset(annotations, images, tokenizer, options)
+        return DetectionDataset(annotations, images, tokenizer, options, ignore_objects_from=ignore_objects_from)
     if kind == "grounding":
         return GroundingDataset(annotations, images, tokenizer, options)
     if kind == "odvg":

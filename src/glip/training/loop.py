@@ -186,7 +186,8 @@ def build_dataset(recipe: TrainRecipe, tokenizer: BertTokenizerFast, config: GLI
         seed=recipe.seed,
     )
     datasets = [
-        open_dataset(source.kind, source.annotations, source.images, tokenizer, options, source.label_map)
+        open_dataset(source.kind, source.annotations, source.images, tokenizer, options, source.label_map,
+                     source.ignore_objects_from)
         for source in data.sources
     ]
     if len(datasets) == 1 and data.samples_per_epoch == 0:

@@ -22,9 +22,9 @@ command-line path (``glip eval --model runs/...``, ``glip synth --out data/...``
 configs are (torchrun, detectron2, mmdetection). So a path means the same in a flag, an override and
 the file, and the file can be moved between folders without rewriting it; the recipes under
 ``configs/`` are written for the repository root, where the README runs them. The path keys are
-``output_dir``, ``model`` (when it names an existing folder) and the ``annotations``, ``images``
-and ``label_map`` of each ``data.sources`` entry; :meth:`TrainRecipe.from_yaml` makes them
-absolute, so the ``recipe.yaml`` a run saves in its ``output_dir`` works from anywhere.
+``output_dir``, ``model`` (when it names an existing folder) and the ``annotations``, ``images``,
+``label_map`` and ``ignore_objects_from`` of each ``data.sources`` entry; :meth:`TrainRecipe.from_yaml`
+makes them absolute, so the ``recipe.yaml`` a run saves in its ``output_dir`` works from anywhere.
 """
 
 from __future__ import annotations
@@ -60,6 +60,9 @@ class DataSource:
         images: the folder its image file names are relative to.
         weight: relative sampling weight when several sources are mixed.
         label_map: ODVG only: JSON ``{label: name}`` (default: the names found in the file).
+        ignore_objects_from: coco only: a COCO file of the same images listing every object; the
+            objects it has and ``annotations`` lacks get no loss instead of being background
+            (:class:`glip.data.DetectionDataset`).
     """
 
     kind: SourceKind
@@ -67,6 +70,7 @@ class DataSource:
     images: str
     weight: float = 1.0
     label_map: str | None = None
+    ignore_objects_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -273,7 +277,7 @@ def apply_override(data: dict[str, Any], override: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------
 
 # Keys whose values are file system paths (model only when it names an existing directory).
-_SOURCE_PATH_KEYS = ("annotations", "images", "label_map")
+_SOURCE_PATH_KEYS = ("annotations", "images", "label_map", "ignore_objects_from")
 
 
 def _absolute(value: Any, base: Path) -> Any:
@@ -363,6 +367,8 @@ def _validate(recipe: TrainRecipe) -> list[str]:
             problems.append(f"data.sources.{index}.weight must be >= 0, got {source.weight}")
         if source.label_map is not None and source.kind != "odvg":
             problems.append(f"data.sources.{index}.label_map is only read for kind odvg")
+        if source.ignore_objects_from is not None and source.kind != "coco":
+            problems.append(f"data.sources.{index}.ignore_objects_from is only read for kind coco")
     if data.sources and sum(source.weight for source in data.sources) <= 0:
         problems.append("data.sources: the weights sum to 0")
     if not data.min_sizes or any(size <= 0 for size in data.min_sizes):
