@@ -1,0 +1,368 @@
+"""ONNX export of a model for one prompt, and :class:`OnnxDetector`, which runs it with ONNX Runtime.
+
+The text side of GLIP is constant for a fixed prompt, so the prompt's BERT features are computed
+once and stored in the graph as constants; the graph holds the image backbone, FPN, fusion tower
+and head, the box decoding and the phrase scoring. What stays in Python (:class:`OnnxDetector`)
+is what the package already does around the network: loading, resizing and normalising the image
+(:mod:`glip.processing`), and picking candidates, NMS and rescaling (:mod:`glip.modeling.postprocess`),
+so that ``OnnxDetector(path).predict(image)`` returns the :class:`Detections` of ``GLIP.predict``.
+
+The graph (input and outputs, ``N`` = anchors over all levels P3..P7, row-major per level):
+
+* ``pixels`` ``[B, 3, H, W]`` float32: the network input of :func:`glip.processing.preprocess_images`,
+  i.e. the image resized, in BGR order on the 0-255 scale, minus ``pixel_mean``, divided by
+  ``pixel_std``, zero-padded at the bottom/right to a multiple of 32. ``H`` and ``W`` are free with
+  ``dynamic=True`` (multiples of 32), else fixed to the exported size.
+* ``boxes`` ``[B, N, 4]``: decoded xyxy boxes in input pixels (legacy inclusive ends), not clipped.
+* ``scores`` ``[B, N, K]``: probability of each of the prompt's K phrases per anchor (the mean, or
+  max, of its tokens' sigmoids), before centerness.
+* ``centerness`` ``[B, N]``: sigmoid of the centerness logit.
+* ``levels`` ``[N]`` int64: the pyramid level (0 = P3) of each anchor.
+
+A detection's score is ``sqrt(scores * centerness)``. Everything :class:`OnnxDetector` needs (the
+model config, phrases and label ids, threshold, graph sizes) is stored as JSON in the file's
+``metadata_props`` under :data:`METADATA_KEY`, so the ``.onnx`` file is all it needs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from glip.config import GLIPConfig
+from glip.files import write_atomic
+from glip.modeling.anchors import grid_anchors
+from glip.modeling.language import TextFeatures
+from glip.modeling.postprocess import (
+    Detections,
+    GroundingPostProcessor,
+    PhraseTokens,
+    _box_sides,
+    _clip_boxes,
+    _not_empty,
+    rescale_detections,
+)
+from glip.processing import GLIPProcessor, ImageInput
+
+logger = logging.getLogger(__name__)
+
+# metadata_props key of the JSON that OnnxDetector reads; FORMAT_VERSION changes with its layout.
+METADATA_KEY = "glip"
+FORMAT_VERSION = 1
+INPUT_NAME = "pixels"
+OUTPUT_NAMES = ("boxes", "scores", "centerness", "levels")
+# Opset 16 brings GridSample (the deformable convs), 17 LayerNormalization; 20 renames
+# GridSample's modes, which the TorchScript exporter used here does not write.
+MIN_OPSET, MAX_OPSET, DEFAULT_OPSET = 17, 19, 18
+# The example size the graph is traced at with dynamic=True. The tracer records the branches the
+# example takes, so it must take the general ones at every stage: Swin maps (H/4 .. H/32 = 80 .. 10
+# and 104 .. 13) that need window padding, and P6 larger than P7 (5 x 7 vs 3 x 4).
+DYNAMIC_EXAMPLE_SIZE = (320, 416)
+INSTALL_HINT = "pip install 'glip[onnx]'"
+
+
+class DetectionGraph(nn.Module):
+    """The exported function: padded images to per-anchor boxes and phrase scores for one prompt.
+
+    Args:
+        model: the GLIP model (kept in evaluation mode).
+        text: the prompt's encoded features, ``[1, T, D]`` (``GLIP.encode_prompt(...).text``).
+        tokens: the token positions of the prompt's K phrases.
+        postprocessor: its box coder and score aggregation are used.
+    """
+
+    def __init__(self, model: nn.Module, text: TextFeatures, tokens: PhraseTokens,
+                 postprocessor: GroundingPostProcessor) -> None:
+        super().__init__()
+        self.model = model
+        self.text = text
+        self.tokens = tokens
+        self.postprocessor = postprocessor
+
+    def forward(self, pixels: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``[B, 3, H, W]`` -> boxes ``[B, N, 4]``, scores ``[B, N, K]``, centerness ``[B, N]``, levels ``[N]``."""
+        batch = pixels.shape[0]
+        visual = self.model.encode_image(pixels)
+        # [1, T, D] -> [B, T, D]: the same prompt for every image.
+        text = TextFeatures(self.text.hidden.expand(batch, -1, -1), self.text.embedded.expand(batch, -1, -1),
+                            self.text.mask.expand(batch, -1))
+        outputs = self.model.fuse_and_predict(visual, text)
+        generator = self.model.anchor_generator
+        boxes, scores, centerness, levels = [], [], [], []
+        for level, (regression, level_centerness, logits) in enumerate(
+            zip(outputs.box_regression, outputs.centerness, outputs.dot_product_logits)
+        ):
+            height, width = regression.shape[-2:]
+            # grid_anchors, not the generator's cache: the cache keys on Python ints, which would
+            # freeze the traced sizes.
+            anchors = grid_anchors(generator.sizes[level], generator.strides[level], height, width, pixels.device)
+            deltas = regression.reshape(batch, 4, -1).permute(0, 2, 1)  # [B, 4, H, W] -> [B, HW, 4]
+            boxes.append(self.postprocessor.box_coder.decode(deltas, anchors))
+            scores.append(self.postprocessor.phrase_scores(logits, self.tokens))
+            centerness.append(level_centerness.reshape(batch, -1).sigmoid())  # [B, 1, H, W] -> [B, HW]
+            # Built from a traced tensor so that its length follows the input size.
+            levels.append(torch.zeros_like(anchors[:, 0], dtype=torch.int64) + level)
+        return torch.cat(boxes, 1), torch.cat(scores, 1), torch.cat(centerness, 1), torch.cat(levels)
+
+
+def export_onnx(
+    model: Any,
+    path: str | Path,
+    classes: str | Sequence[str] | None = None,
+    caption: str | None = None,
+    spans: Sequence[tuple[int, int] | Sequence[tuple[int, int]]] | None = None,
+    *,
+    dynamic: bool = False,
+    opset: int = DEFAULT_OPSET,
+    input_size: tuple[int, int] | None = None,
+    source: str | None = None,
+) -> Path:
+    """Write an ONNX graph of ``model`` for one prompt (see the module docstring), atomically.
+
+    Args:
+        model: a :class:`glip.GLIP`.
+        path: the ``.onnx`` file to write.
+        classes, caption, spans: the prompt, as ``GLIP.predict`` takes it; it must fit one prompt
+            (``max_query_len`` tokens).
+        dynamic: free batch size, height and width; else ``[1, 3, *input_size]``.
+        opset: ONNX opset, 17 to 19.
+        input_size: ``(H, W)`` of a static graph, multiples of 32 (default: the padded square of
+            the model's longest resized side, which any image fits). Ignored with ``dynamic``.
+        source: how the model is named in the metadata and in errors (default: its class).
+
+    Raises:
+        ValueError: a prompt that needs several chunks, a bad opset or input size.
+        RuntimeError: the exporter failed (the message names the model and the part).
+    """
+    source = source or type(model).__name__
+    if model.device.type != "cpu":
+        # The deformable convs take their grid_sample path (which ONNX has) on the CPU only.
+        raise ValueError(f"export {source} from the CPU (it is on {model.device}): model.to('cpu') first")
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ValueError(f"opset must be between {MIN_OPSET} and {MAX_OPSET}, got {opset}")
+    onnx = _import_onnx("onnx")
+    prompts = model.encode_prompts(classes, caption, spans)
+    if len(prompts) != 1:
+        raise ValueError(f"the prompt needs {len(prompts)} chunks of at most {model.config.language.max_query_len} "
+                         "tokens; an exported graph holds one: export fewer classes per file")
+    encoded = prompts[0]
+    options = model.inference_defaults
+    divisibility = max(model.config.input.size_divisibility, 1)
+    height, width = DYNAMIC_EXAMPLE_SIZE if dynamic else _static_size(input_size, options.max_size or options.min_size,
+                                                                       divisibility)
+    postprocessor = model.postprocessor()
+    tokens = PhraseTokens.from_positive_map(encoded.prompt.positive_map, encoded.prompt.label_ids,
+                                            encoded.prompt.phrases, device="cpu")
+    text = TextFeatures(*(tensor.detach().cpu() for tensor in (encoded.text.hidden, encoded.text.embedded,
+                                                                encoded.text.mask)))
+    graph = DetectionGraph(model.eval(), text, tokens, postprocessor).eval()
+    example = torch.zeros(1, 3, height, width)
+    axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}} if dynamic else None
+    if dynamic:
+        axes.update({"boxes": {0: "batch", 1: "anchors"}, "scores": {0: "batch", 1: "anchors"},
+                     "centerness": {0: "batch", 1: "anchors"}, "levels": {0: "anchors"}})
+    proto = _trace(graph, example, axes, opset, source, model.config)
+    metadata = {
+        "format_version": FORMAT_VERSION,
+        "model": source,
+        "config": model.config.to_dict(),
+        "default_threshold": model.default_threshold,
+        "prompt": {"caption": encoded.prompt.caption, "phrases": list(encoded.prompt.phrases),
+                   "label_ids": [int(label) for label in encoded.prompt.label_ids]},
+        "graph": {"dynamic": dynamic, "height": None if dynamic else height, "width": None if dynamic else width,
+                  "opset": opset, "input": INPUT_NAME, "outputs": list(OUTPUT_NAMES)},
+    }
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
+    path = Path(path)
+    write_atomic(path, lambda temporary: onnx.save_model(proto, str(temporary)))
+    logger.info("wrote %s (%s, %d phrases, %s input)", path, source, len(encoded.prompt.phrases),
+                "dynamic" if dynamic else f"{height}x{width}")
+    return path
+
+
+def _static_size(input_size: tuple[int, int] | None, longest: int, divisibility: int) -> tuple[int, int]:
+    if input_size is None:
+        side = -(-longest // divisibility) * divisibility
+        return side, side
+    height, width = input_size
+    if height <= 0 or width <= 0 or height % divisibility or width % divisibility:
+        raise ValueError(f"input_size must be positive multiples of {divisibility}, got {height}x{width}")
+    return int(height), int(width)
+
+
+def _trace(graph: DetectionGraph, example: Tensor, axes: dict | None, opset: int, source: str, config: GLIPConfig):
+    """The ONNX ModelProto of ``graph`` traced at ``example``; exporter errors name the model."""
+    onnx = _import_onnx("onnx")
+    import io
+
+    buffer = io.BytesIO()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # The TorchScript exporter (dynamo=False): torch.export of this graph with free sizes did
+            # not finish in 10 minutes here. Its tracer warns at every Python branch on a size;
+            # DYNAMIC_EXAMPLE_SIZE takes the general branch of each, and tests/test_export.py runs
+            # the graph at other sizes against PyTorch.
+            warnings.simplefilter("ignore")
+            torch.onnx.export(graph, (example,), buffer, dynamo=False, input_names=[INPUT_NAME],
+                              output_names=list(OUTPUT_NAMES), dynamic_axes=axes, opset_version=opset)
+    except Exception as error:  # the exporter raises many types; all mean the same to the caller
+        backbone = config.backbone if config.backbone != "swin" else "Swin"
+        raise RuntimeError(f"cannot export {source} ({backbone} backbone, fusion "
+                           f"{'on' if config.fusion.enabled else 'off'}) to ONNX opset {opset}: "
+                           f"{type(error).__name__}: {error}") from error
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def _import_onnx(name: str):
+    """``onnx`` or ``onnxruntime``, with the install command when missing."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as error:
+        raise ImportError(f"glip.export needs {name}: {INSTALL_HINT}") from error
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The glip metadata of an exported ``.onnx`` file (without loading its weights into a session)."""
+    onnx = _import_onnx("onnx")
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ONNX file not found: {path}")
+    try:
+        proto = onnx.load_model(str(path), load_external_data=False)
+    except Exception as error:  # protobuf's DecodeError and friends
+        raise ValueError(f"cannot read ONNX file {path}: {error}") from error
+    entries = {entry.key: entry.value for entry in proto.metadata_props}
+    if METADATA_KEY not in entries:
+        raise ValueError(f"{path} has no {METADATA_KEY!r} metadata: it was not written by `glip export`")
+    metadata = json.loads(entries[METADATA_KEY])
+    if metadata.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: export format {metadata.get('format_version')} is not {FORMAT_VERSION}, "
+                         "the one this glip reads: export the model again")
+    return metadata
+
+
+class OnnxDetector:
+    """An exported model run by ONNX Runtime on CPU: ``predict`` gives ``GLIP.predict``'s detections
+    for the prompt baked into the file.
+
+    Args:
+        path: a ``.onnx`` file written by :func:`export_onnx` (``glip export``).
+        threads: intra-op threads of ONNX Runtime (default: its own choice).
+
+    >>> detector = OnnxDetector("nano.onnx")                 # doctest: +SKIP
+    >>> detector.predict("street.jpg").phrases              # doctest: +SKIP
+    """
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        runtime = _import_onnx("onnxruntime")
+        self.path = Path(path)
+        self.metadata = read_metadata(self.path)
+        config = GLIPConfig.from_dict(self.metadata["config"])
+        # The model's own processor: the same resize, normalisation and post-processing settings.
+        self.processor = GLIPProcessor(config, float(self.metadata["default_threshold"]))
+        prompt = self.metadata["prompt"]
+        self.phrases: list[str] = list(prompt["phrases"])
+        self.label_ids = torch.tensor(prompt["label_ids"], dtype=torch.int64)
+        graph = self.metadata["graph"]
+        self.input_size = None if graph["dynamic"] else (int(graph["height"]), int(graph["width"]))
+        options = runtime.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        self.session = runtime.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+
+    @property
+    def default_threshold(self) -> float:
+        return self.processor.default_threshold
+
+    def run(self, pixels: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The raw graph outputs (see the module docstring) for ``[B, 3, H, W]`` network inputs."""
+        if self.input_size is not None and tuple(pixels.shape[-2:]) != self.input_size:
+            raise ValueError(f"{self.path} takes {self.input_size[0]}x{self.input_size[1]} inputs, got "
+                             f"{pixels.shape[-2]}x{pixels.shape[-1]} (export with --dynamic for any size)")
+        outputs = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: pixels.detach().cpu().float().numpy()})
+        return tuple(torch.from_numpy(output) for output in outputs)
+
+    def predict(
+        self,
+        image: ImageInput,
+        threshold: float | None = None,
+        nms_threshold: float | None = None,
+        max_detections: int | None = None,
+        min_size: int | None = None,
+        max_size: int | None = None,
+        class_agnostic_nms: bool | None = None,
+    ) -> Detections:
+        """Detections of the exported prompt's phrases in one image (a path, PIL image or RGB array),
+        boxes in original pixels: those of ``GLIP.predict`` with the same options.
+
+        Args: as ``GLIP.predict`` (each ``None`` takes the model's default); ``min_size`` and
+            ``max_size`` must keep the padded image within the input of a static graph.
+        """
+        options = self.processor.inference_options(threshold=threshold, nms_threshold=nms_threshold,
+                                                   max_detections=max_detections, min_size=min_size,
+                                                   max_size=max_size, class_agnostic_nms=class_agnostic_nms)
+        batch = self.processor.preprocess([image], options.min_size, options.max_size)
+        pixels = batch.pixels
+        if self.input_size is not None:
+            height, width = self.input_size
+            if pixels.shape[-2] > height or pixels.shape[-1] > width:
+                raise ValueError(f"the resized image ({pixels.shape[-2]}x{pixels.shape[-1]}) does not fit the "
+                                 f"{height}x{width} input of {self.path}: export with --dynamic")
+            # Zero padding, as in a batch with larger images.
+            pixels = F.pad(pixels, (0, width - pixels.shape[-1], 0, height - pixels.shape[-2]))
+        boxes, scores, centerness, levels = self.run(pixels)
+        postprocessor = self.processor.postprocessor(options.nms_threshold, options.max_detections,
+                                                     options.class_agnostic_nms)
+        candidates = select_candidates(boxes[0], scores[0], centerness[0], levels, batch.image_sizes[0],
+                                       postprocessor, self.label_ids, self.phrases)
+        detections = postprocessor.select_detections(candidates)
+        detections = rescale_detections(detections, batch.image_sizes[0], batch.original_sizes[0])
+        return detections.above(options.threshold)
+
+
+def select_candidates(
+    boxes: Tensor,
+    scores: Tensor,
+    centerness: Tensor,
+    levels: Tensor,
+    image_size: tuple[int, int],
+    postprocessor: GroundingPostProcessor,
+    label_ids: Tensor,
+    phrases: Sequence[str],
+) -> Detections:
+    """The candidates of one image from the graph's outputs, as
+    :meth:`GroundingPostProcessor.select_candidates` picks them from raw head outputs: per level,
+    the (anchor, phrase) pairs scoring above ``score_threshold``, the ``pre_nms_top_n`` best by
+    ``score * centerness``, clipped to the image; score ``sqrt(score * centerness)``.
+
+    Args:
+        boxes: ``[N, 4]``; scores: ``[N, K]``; centerness: ``[N]``; levels: ``[N]`` (graph outputs).
+        image_size: ``(h, w)`` of the resized image before padding.
+        label_ids: ``[K]`` label id of each phrase; phrases: K strings.
+    """
+    parts = []
+    for level in torch.unique(levels).tolist():
+        in_level = levels == level
+        level_scores = scores[in_level]  # [HW, K]
+        locations, columns = (level_scores > postprocessor.score_threshold).nonzero(as_tuple=True)
+        ranking = (level_scores * centerness[in_level][:, None])[locations, columns]
+        if ranking.shape[0] > postprocessor.pre_nms_top_n:
+            ranking, top = ranking.topk(postprocessor.pre_nms_top_n, sorted=False)
+            locations, columns = locations[top], columns[top]
+        level_boxes = _clip_boxes(boxes[in_level][locations], image_size)
+        keep = _box_sides(level_boxes, postprocessor.min_box_size) & _not_empty(level_boxes)
+        parts.append((level_boxes[keep], ranking.sqrt()[keep], label_ids[columns][keep]))
+    selected_boxes, selected_scores, labels = (torch.cat(part) for part in zip(*parts))
+    phrase_of_label = dict(zip(label_ids.tolist(), phrases))
+    return Detections(selected_boxes, selected_scores, labels, [phrase_of_label[label] for label in labels.tolist()])
