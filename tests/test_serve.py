@@ -4,12 +4,15 @@ port with the bundled GLIP-Nano: detections equal ``GLIP.predict``, bad requests
 
 from __future__ import annotations
 
+import asyncio
+import http.client
 import io
 import json
 import socket
 import struct
 import threading
 import time
+import urllib.parse
 import urllib.request
 import zlib
 from collections.abc import Iterator
@@ -26,8 +29,9 @@ from glip import GLIP  # noqa: E402
 from glip.cli import main  # noqa: E402
 from glip.data.shapes_world import SHAPES, encode_png, render_scene, sample_scene  # noqa: E402
 from glip.serve import BackgroundServer, ServeOptions, create_app  # noqa: E402
-from glip.serve.batching import BatchQueue, QueueClosed  # noqa: E402
-from glip.serve.client import open_json, post_detect  # noqa: E402
+from glip.serve.app import _counting_receive, _UploadTooLarge  # noqa: E402
+from glip.serve.batching import BatchQueue, QueueClosed, QueueFull  # noqa: E402
+from glip.serve.client import encode_form, open_json, post_detect  # noqa: E402
 
 CLASSES = ",".join(SHAPES)
 # A long window and batches of 2: two concurrent requests with one key are batched as soon as the
@@ -68,6 +72,24 @@ def test_queue_batches_same_key_in_order_and_keeps_others_queued() -> None:
     # FIFO by the oldest job; same-key jobs batched up to max_batch; "b" is not mixed with "a".
     assert calls == [("x", [0]), ("a", [1, 3]), ("b", [2]), ("a", [4, "bad"])]
     assert (queue.stats.requests, queue.stats.forward_passes, queue.stats.largest_batch) == (6, 4, 2)
+
+
+def test_queue_refuses_jobs_past_its_limit() -> None:
+    gate = threading.Event()
+    queue = BatchQueue(_recording_runner([], gate), max_batch=1, wait_s=0.0, max_queued=2)
+    try:
+        running = queue.submit("a", 0)
+        deadline = time.monotonic() + 5
+        while queue.queued and time.monotonic() < deadline:  # the worker has taken job 0
+            time.sleep(0.01)
+        waiting = [queue.submit("a", 1), queue.submit("a", 2)]
+        with pytest.raises(QueueFull):
+            queue.submit("a", 3)
+        gate.set()
+        assert [future.result(5) for future in (running, *waiting)] == [("a", 0), ("a", 1), ("a", 2)]
+    finally:
+        gate.set()
+        queue.close()
 
 
 def test_queue_survives_a_failing_batch_and_close_fails_the_waiting() -> None:
@@ -216,6 +238,41 @@ def test_bad_requests_get_a_one_line_4xx(server: BackgroundServer, case: str) ->
     status, payload = _post(server, fields, image)
     assert status == expected_status, payload
     assert set(payload) == {"error"} and reason in payload["error"] and "\n" not in payload["error"]
+
+
+def test_a_streamed_upload_is_cut_at_the_limit(server: BackgroundServer) -> None:
+    """Without Content-Length (chunked), the body is counted as it arrives and refused past the limit."""
+    body, content_type = encode_form({"classes": "circle"}, SCENE_PNG + bytes(1024 * 1024))
+    host, port = urllib.parse.urlsplit(server.url).hostname, urllib.parse.urlsplit(server.url).port
+    connection = http.client.HTTPConnection(host, port, timeout=60)
+    try:
+        chunks = (body[start:start + 65536] for start in range(0, len(body), 65536))
+        connection.request("POST", "/detect", body=chunks, headers={"Content-Type": content_type},
+                           encode_chunked=True)
+        response = connection.getresponse()
+        assert response.status == 413
+        assert "too large" in json.loads(response.read())["error"]
+    finally:
+        connection.close()
+
+
+def test_the_body_is_counted_as_it_arrives() -> None:
+    """The receive wrapper stops a body at the limit, whatever Content-Length said (or did not)."""
+    messages = [{"type": "http.request", "body": bytes(600), "more_body": True}] * 3
+
+    async def receive() -> dict:
+        return messages.pop(0)
+
+    async def read_all(limit: int) -> int:
+        counted, total = _counting_receive(receive, limit), 0
+        for _ in range(3):
+            total += len((await counted())["body"])
+        return total
+
+    assert asyncio.run(read_all(1800)) == 1800
+    messages[:] = [{"type": "http.request", "body": bytes(600), "more_body": True}] * 3
+    with pytest.raises(_UploadTooLarge):
+        asyncio.run(read_all(1000))
 
 
 def test_server_keeps_serving_after_bad_requests(server: BackgroundServer) -> None:
