@@ -13,9 +13,10 @@ LABEL_EPILOG = """\
 outputs (in --out): annotations.json (COCO detection: images with file_name relative to IMAGES_DIR,
 width and height; the classes as categories; boxes xywh with the model's score), and/or
 labels/<file>.txt + data.yaml (YOLO), skipped.json (unreadable images and why), contact_sheet.jpg
-(a few labelled images drawn) and summary.json. Under torchrun the folder is shared over the
-processes (the dataset is the one of a single process). Ctrl-C keeps the batches done in
-OUT/partial: go on with --resume.
+(a few labelled images drawn) and summary.json. Ctrl-C keeps the batches done in OUT/partial: go
+on with --resume. Several processes or machines share the batches under torchrun (the dataset is
+the one of a single process; --out must be a folder they all see):
+  torchrun --nproc_per_node=4 --no-python glip label IMAGES_DIR --classes ... --out DATASET
 
 exit status: 0 all images labelled, 1 some images skipped (the others are written) or a run-time
 failure, 2 usage error (bad flag, non-empty --out without --resume, busy --out), 130 interrupted."""
@@ -39,7 +40,8 @@ def add_parsers(commands, command: Callable[..., argparse.ArgumentParser]) -> No
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run in --out (same model, folder, classes and options)")
     parser.add_argument("--batch-size", type=positive_int, default=8,
-                        help="images per forward pass (default 8; images of different sizes are padded)")
+                        help="images per forward pass (default 8). A batch pads its images to one size, which "
+                             "moves scores of images of other sizes a little; 1 gives exactly glip detect's boxes")
     parser.add_argument("--save-every", type=positive_int, default=25,
                         help="batches between commits of partial results (default 25)")
     _add_detection_arguments(parser)
@@ -82,7 +84,7 @@ def command_label(args: argparse.Namespace) -> int:
                                    run=RunOptions(args.batch_size, out, args.resume, args.save_every))
     finally:
         shutdown(context)
-    if summary is None:  # a process other than 0 of a torchrun group
+    if summary is None or not context.is_main:  # a process other than 0 of a torchrun group
         return EXIT_OK
     print(f"wrote {out}: {summary.labelled} of {summary.images} images labelled, {summary.boxes} boxes, "
           f"{summary.skipped} skipped" + (f" (see {out / 'skipped.json'})" if summary.skipped else ""))

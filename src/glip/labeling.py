@@ -250,7 +250,7 @@ def label_folder(
     if results is None:
         return None
     info = {"description": "labelled by glip label", "classes": classes, "prompts": fingerprint["prompts"],
-            **{key: value for key, value in fingerprint["options"].items()}}
+            **fingerprint["options"]}
     summary = write_dataset(out, images_dir, names, results, classes, formats, info, digest)
     clear_partials(out)
     return summary
