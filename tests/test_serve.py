@@ -8,8 +8,12 @@ import asyncio
 import http.client
 import io
 import json
+import re
+import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -305,6 +309,27 @@ def test_exif_orientation_is_applied_to_uploads(server: BackgroundServer) -> Non
     status, payload = _post(server, {"classes": CLASSES}, buffer.getvalue())
     assert status == 200, payload
     assert (payload["width"], payload["height"]) == (224, 160)
+
+
+@pytest.mark.slow  # a fresh interpreter imports torch and loads the model: 15-40 s here
+def test_cli_serve_starts_answers_and_stops_on_ctrl_c() -> None:
+    """``glip serve`` as a user runs it: port 0 picks a free port, printed in its first line; Ctrl-C
+    stops it with exit status 0."""
+    command = [sys.executable, "-m", "glip", "serve", "--model", "glip_nano", "--port", "0", "--max-batch", "2"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first_line = process.stdout.readline()
+        url = re.search(r"http://\S+?/", first_line).group(0)
+        status, health = open_json(url + "health")
+        assert status == 200 and health["model"] == "glip_nano" and health["max_batch"] == 2
+        process.send_signal(signal.SIGINT)
+        assert process.wait(60) == 0
+        assert "stopped" in process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.stdout.close()
+        process.stderr.close()
 
 
 def test_cli_serve_reports_a_busy_port(capsys: pytest.CaptureFixture[str]) -> None:

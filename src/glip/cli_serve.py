@@ -74,7 +74,12 @@ def command_serve(args: argparse.Namespace) -> int:
     name = args.model if args.model is not None else str(args.checkpoint)
     app = create_app(model, options, model_name=name)
     print(f"glip serve: {name} on {url_of(sock)}/ (Ctrl-C stops)", flush=True)
-    run_server(app, sock, log_level="info" if getattr(args, "verbose", False) else "warning")
+    try:
+        run_server(app, sock, log_level="info" if getattr(args, "verbose", False) else "warning")
+    except KeyboardInterrupt:
+        # uvicorn finishes the requests under way, then re-raises the Ctrl-C: for a server that is
+        # its normal end, not an interrupted job (exit 0, not 130).
+        pass
     print("glip serve: stopped", file=sys.stderr)
     return EXIT_OK
 
