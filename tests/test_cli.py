@@ -217,3 +217,16 @@ def test_class_agnostic_nms_flag_overrides_the_models_default(tmp_path: Path, mo
     default = tmp_path / "default"
     assert main(["demo", "--out", str(default), "--threshold", "0.05"]) == 0
     assert len(json.loads((default / "detections.json").read_text())[0]["scores"]) == counts["--class-agnostic-nms"]
+
+
+def test_dtype_flag_sets_the_models_compute_dtype() -> None:
+    import torch
+
+    from glip.cli import build_parser, load_model_from_args
+
+    args = build_parser().parse_args(["detect", "x.png", "--classes", "a", "--model", "glip_nano", "--dtype", "bf16"])
+    assert load_model_from_args(args).inference_dtype == torch.bfloat16
+    args = build_parser().parse_args(["detect", "x.png", "--classes", "a", "--model", "glip_nano"])
+    assert load_model_from_args(args).inference_dtype == torch.float32
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["detect", "x.png", "--classes", "a", "--model", "glip_nano", "--dtype", "int8"])

@@ -253,3 +253,29 @@ def test_processor_apart_from_the_network_reproduces_predict(model: GLIP, image_
     expected = model.predict(image_path, classes=["person", "cup"], threshold=0.2, min_size=128)
     assert torch.equal(detections.scores, expected.scores) and torch.equal(detections.boxes, expected.boxes)
     assert detections.phrases == expected.phrases
+
+
+def test_bf16_switch_runs_half_precision_and_restores_float32(model: GLIP, image_path: Path, monkeypatch) -> None:
+    classes = ["person", "helmet", "flag"]
+    exact = model.predict(image_path, classes=classes, threshold=0.0, min_size=160)
+    seen: list[torch.dtype] = []
+    fuse = model.fuse_and_predict
+
+    def recording(visual, text):
+        seen.append(visual[0].dtype)  # the FPN's output
+        return fuse(visual, text)
+
+    monkeypatch.setattr(model, "fuse_and_predict", recording)
+    half = model.predict(image_path, classes=classes, threshold=0.0, min_size=160, dtype="bf16")
+    assert seen == [torch.bfloat16]  # the network ran under bf16 autocast
+    assert half.scores.dtype == torch.float32 and half.boxes.dtype == torch.float32
+    assert model.inference_dtype == torch.float32  # the call did not change the model's setting
+    # bf16 keeps 8 bits of mantissa: scores agree to a few 1e-3, not to the float32 tolerances.
+    top = min(len(exact), len(half), 5)
+    torch.testing.assert_close(half.scores[:top], exact.scores[:top], atol=0.03, rtol=0)
+    again = model.predict(image_path, classes=classes, threshold=0.0, min_size=160)
+    torch.testing.assert_close(again.scores, exact.scores, atol=0, rtol=0)
+    with model.compute_dtype(torch.bfloat16):
+        assert model.predict(image_path, classes=classes, threshold=0.0, min_size=160).scores.shape == half.scores.shape
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        model.predict(image_path, classes=classes, min_size=160, dtype="int8")
