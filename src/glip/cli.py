@@ -363,8 +363,9 @@ inputs: image files, folders (searched recursively for .jpg .jpeg .png .bmp .web
 case, in sorted order) and quoted glob patterns ("photos/*.jpg", "data/**/*.png"). URLs are not
 supported: download the image first.
 
-outputs: OUT/detections.json (per image: boxes xyxy in pixels, scores, labels, phrases, picture;
-or an error) and OUT/<image name>.detections.jpg. One run at a time per OUT: a second run into
+outputs: OUT/detections.json (per image: width, height, boxes xyxy in those pixels, scores, labels,
+phrases, picture; or an error), OUT/<image name>.detections.jpg, and with --coco-json FILE the COCO
+results FILE plus FILE's .images.json (images, categories). One run at a time per OUT: a second run into
 the same folder is refused while the first holds OUT/.glip.lock. Ctrl-C keeps the images done.
 
 exit status: 0 all images done, 1 some images failed (the others are written), 2 usage error
