@@ -46,7 +46,8 @@ TRAIN_SEED = 5
 TEST_SEED = 1000  # the canonical test split (its first images: image i does not depend on the count)
 
 
-def student_recipe(labels: Path, images: Path, output_dir: Path, steps: int, threads: int) -> TrainRecipe:
+def student_recipe(labels: Path, images: Path, output_dir: Path, steps: int, threads: int,
+                   lr: float = 5.0e-4) -> TrainRecipe:
     """``configs/glip_nano_shapes.yaml``'s recipe, shortened, with the label dataset as its only source."""
     return TrainRecipe.from_dict({
         "model": "glip_nano", "pretrained": False, "init_pretrained_parts": True,
@@ -58,7 +59,7 @@ def student_recipe(labels: Path, images: Path, output_dir: Path, steps: int, thr
         "data": {"sources": [{"kind": "coco", "annotations": str(labels), "images": str(images)}],
                  "min_sizes": [224], "max_size": 1333, "flip_prob": 0.5, "num_workers": 1,
                  "full_category_prompts": True},
-        "optimizer": {"lr": 5.0e-4, "weight_decay": 1.0e-4, "clip_grad_norm": 1.0},
+        "optimizer": {"lr": lr, "weight_decay": 1.0e-4, "clip_grad_norm": 1.0},
         "schedule": {"kind": "cosine", "warmup_steps": max(1, steps // 10), "warmup_factor": 0.001, "min_lr": 1.0e-6},
     })
 
@@ -76,7 +77,7 @@ def detection_ap(model: GLIP, split: Path) -> dict[str, float]:
 
 
 def label_loop(work: Path, train_images: int = 300, test_images: int = 150, steps: int = 120,
-               threads: int = 1) -> dict[str, Any]:
+               threads: int = 1, lr: float = 5.0e-4) -> dict[str, Any]:
     """Label, train, evaluate (see the module docstring); the figures and timings."""
     train_split = _split(work / "train", train_images, TRAIN_SEED, "train")
     test_split = _split(work / "test", test_images, TEST_SEED, "test")
@@ -95,7 +96,7 @@ def label_loop(work: Path, train_images: int = 300, test_images: int = 150, step
         label_quality = coco_metrics(_renumbered(gold, work / "labels"), records).metrics
         shutil.rmtree(work / "student", ignore_errors=True)  # a fresh student every run
         start = time.perf_counter()
-        trained = train(student_recipe(labels, train_split / "images", work / "student", steps, threads))
+        trained = train(student_recipe(labels, train_split / "images", work / "student", steps, threads, lr))
         seconds["train"] = time.perf_counter() - start
         start = time.perf_counter()
         teacher_ap = detection_ap(teacher, test_split)
@@ -105,7 +106,7 @@ def label_loop(work: Path, train_images: int = 300, test_images: int = 150, step
         "train_images": train_images, "test_images": test_images, "labelled_images": summary.labelled,
         "label_boxes": summary.boxes, "gold_boxes": len(gold["annotations"]),
         "labels_AP_vs_gold": label_quality["AP"], "labels_AP50_vs_gold": label_quality["AP50"],
-        "steps": trained["steps"], "batch_size": 8, "teacher": teacher_ap, "student": student_ap,
+        "steps": trained["steps"], "batch_size": 8, "lr": lr, "teacher": teacher_ap, "student": student_ap,
         "student_over_teacher_AP": student_ap["AP"] / teacher_ap["AP"],
         "student_over_teacher_AP50": student_ap["AP50"] / teacher_ap["AP50"],
         "seconds": seconds, "threads": threads,
@@ -160,10 +161,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--steps", type=int, default=120, help="student training steps of 8 images (default 120)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: quicker than 2 beside a training job on 2 cores)")
+    parser.add_argument("--lr", type=float, default=5.0e-4, help="student learning rate (default 5e-4, GLIP-Nano's)")
     add_output_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    figures = label_loop(args.work, args.train_images, args.test_images, args.steps, args.threads)
+    figures = label_loop(args.work, args.train_images, args.test_images, args.steps, args.threads, args.lr)
     text = report_markdown(figures)
     print(text)
     write_results(args, {"label_loop.json": json.dumps(figures, indent=2) + "\n", "label_loop.md": text})

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
-from glip.cli_support import UsageError, ensure_writable_dir, output_lock, positive_int
+from glip.cli_support import UsageError, ensure_writable_dir, non_negative_int, output_lock, positive_int
 
 LABEL_EPILOG = """\
 outputs (in --out): annotations.json (COCO detection: images with file_name relative to IMAGES_DIR,
@@ -44,6 +44,9 @@ def add_parsers(commands, command: Callable[..., argparse.ArgumentParser]) -> No
                              "moves scores of images of other sizes a little; 1 gives exactly glip detect's boxes")
     parser.add_argument("--save-every", type=positive_int, default=25,
                         help="batches between commits of partial results (default 25)")
+    parser.add_argument("--threads", type=non_negative_int, default=0,
+                        help="torch CPU threads, 0 = torch's default (default 0); on a busy machine fewer threads "
+                             "than cores can be several times quicker")
     _add_detection_arguments(parser)
     _add_model_arguments(parser)
     parser.set_defaults(handler=command_label)
@@ -62,7 +65,7 @@ def command_label(args: argparse.Namespace) -> int:
 
     if not args.resume and dataset_started(out):
         raise UsageError(f"--out {out} is not empty: add --resume to continue its run, or choose another --out")
-    from glip.device import init_distributed, resolve_device, shutdown
+    from glip.device import init_distributed, resolve_device, shutdown, torch_threads
     from glip.evaluation.prompts import read_prompts_file
     from glip.evaluation.runner import RunOptions
     from glip.labeling import label_folder
@@ -75,7 +78,7 @@ def command_label(args: argparse.Namespace) -> int:
     args.partial_results = f"{out / 'partial'} (go on with --resume)"
     try:
         # One lock per group: the other processes write only their own partial files.
-        with output_lock(out) if context.is_main else nullcontext():
+        with output_lock(out) if context.is_main else nullcontext(), torch_threads(args.threads):
             from glip.cli import load_model_from_args
 
             model = load_model_from_args(args)

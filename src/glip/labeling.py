@@ -153,6 +153,7 @@ class _Labeller:
     options: InferenceOptions
 
     def predict(self, indices: list[int]) -> list[dict[str, Any]]:
+        """One result per index; the readable images of the batch run as one batch."""
         results: dict[int, dict[str, Any]] = {}
         loaded: list[tuple[int, Image.Image]] = []
         for index in indices:
@@ -212,8 +213,8 @@ def label_folder(
         run: batch size, partial saves, ``resume`` (its ``out`` is replaced by ``out``).
 
     Returns:
-        The summary on process 0 (also when ``resume`` finds the dataset finished already); None
-        on the other processes of a ``torchrun`` group.
+        The summary on process 0; None on the other processes of a ``torchrun`` group, except
+        when ``resume`` finds the dataset finished already (then every process gets its summary).
 
     Raises:
         FileExistsError: ``out`` holds files and ``run.resume`` is False.
@@ -231,6 +232,8 @@ def label_folder(
                               "another folder")
     paths = folder_images(images_dir, out)
     names = [path.relative_to(images_dir).as_posix() for path in paths]
+    if "yolo" in formats:
+        _check_yolo_names(names)
     built = label_prompts(model, classes, prompts)
     labeller = _Labeller(model, paths, [model.encode_prompt(prompt) for prompt in built],
                          model.inference_options(**dataclasses.asdict(options)))
@@ -262,6 +265,18 @@ def _checked_formats(formats: Sequence[str]) -> tuple[str, ...]:
     if unknown or not formats:
         raise ValueError(f"formats must be some of {', '.join(FORMATS)}; got {list(formats)}")
     return formats
+
+
+def _check_yolo_names(names: Sequence[str]) -> None:
+    """Two images whose names differ only by extension (``a.png``, ``a.jpg``) would share one YOLO
+    label file: refused before any labelling rather than one label file silently lost."""
+    seen: dict[str, str] = {}
+    for name in names:
+        label = Path(name).with_suffix(".txt").as_posix()
+        if label in seen:
+            raise ValueError(f"images {seen[label]} and {name} would share the YOLO label file {label}: rename one, "
+                             "or write only the COCO format")
+        seen[label] = name
 
 
 def _finished_summary(out: Path, digest: str, formats: tuple[str, ...]) -> LabelSummary | None:
