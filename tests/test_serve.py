@@ -36,6 +36,8 @@ from glip.serve import BackgroundServer, ServeOptions, create_app  # noqa: E402
 from glip.serve.app import _counting_receive, _UploadTooLarge  # noqa: E402
 from glip.serve.batching import BatchQueue, QueueClosed, QueueFull  # noqa: E402
 from glip.serve.client import encode_form, open_json, post_detect  # noqa: E402
+from glip.serve.detector import BatchDetector  # noqa: E402
+from glip.serve.inputs import PromptSpec  # noqa: E402
 
 CLASSES = ",".join(SHAPES)
 # A long window and batches of 2: two concurrent requests with one key are batched as soon as the
@@ -126,6 +128,16 @@ def _nano() -> GLIP:
 def server() -> Iterator[BackgroundServer]:
     with BackgroundServer(create_app(_nano(), OPTIONS, model_name="glip_nano")) as running:
         yield running
+
+
+def test_each_prompt_is_encoded_once_while_cached() -> None:
+    detector = BatchDetector(_nano(), prompt_cache_size=2)
+    circle = PromptSpec(classes=("circle",))
+    first = detector.encoded(circle)
+    assert detector.encoded(circle) is first  # no second BERT pass
+    detector.encoded(PromptSpec(classes=("square",)))
+    detector.encoded(PromptSpec(classes=("star",)))  # the least recently used (circle) is dropped
+    assert detector.encoded(circle) is not first
 
 
 def _scene(index: int) -> np.ndarray:
