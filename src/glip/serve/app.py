@@ -107,6 +107,7 @@ def create_app(model: GLIP, options: ServeOptions = ServeOptions(), model_name: 
     async def health(request: Request) -> dict[str, Any]:
         queue: BatchQueue = request.app.state.queue
         return {"status": "ok", "model": model_name, "device": str(model.device),
+                "dtype": str(model.inference_dtype).removeprefix("torch."),
                 "default_threshold": model.default_threshold, "max_batch": options.max_batch,
                 "batch_wait_ms": options.batch_wait_ms, "max_upload_bytes": options.max_upload_bytes,
                 "max_prompt_chars": MAX_PROMPT_CHARS, "queued": queue.queued, **asdict(queue.stats)}
