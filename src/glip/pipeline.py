@@ -15,11 +15,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from glip import interop
 from glip.config import GLIPConfig
-from glip.hub import loading
+from glip.hub import loading, repos
 from glip.hub.convert import check_state_dict
-from glip.hub.presets import PRESETS
 from glip.hub.pretrained_parts import LANGUAGE_PREFIX, MINILM_SOURCE, minilm_state_dict
 from glip.modeling.glip import GLIPModel
 from glip.modeling.language import PromptOffset, TextFeatures
@@ -122,13 +120,7 @@ class GLIP(GLIPModel):
         directory (``glip finetune --mode prompt``) brings its tuned offsets, and ``predict``
         without ``classes=`` uses the prompt they were tuned for.
         """
-        # Only a str can be a repo id: a Path is a local folder, never sent to the Hub.
-        if isinstance(name_or_path, str) and not Path(name_or_path).exists() and name_or_path not in PRESETS \
-                and interop.is_hub_repo_id(name_or_path):
-            name_or_path = interop.hub_snapshot_dir(name_or_path)
         kind, path, preset = loading.resolve(name_or_path)
-        if path is not None and kind == "dir":
-            path = interop.cached_snapshot_dir(path)
         if kind == "hub":
             assert preset is not None
             state_dict, checkpoint = loading.preset_state_dict(preset)
@@ -196,7 +188,7 @@ class GLIP(GLIPModel):
             # transformers' AutoTokenizer reads; no 700 kB tokenizer.json it can rebuild from them.
             self.tokenizer.save_pretrained(scratch, legacy_format=True)
             return loading.write_pretrained_dir(directory, self.config, state, scratch, info, prompt_tuning,
-                                                interop.model_card(self.config, info))
+                                                repos.model_card(self.config, info))
 
     @property
     def tokenizer(self):

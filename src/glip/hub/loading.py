@@ -39,6 +39,7 @@ from glip.hub.convert import (
     fusion_width_from_state_dict,
     read_official_checkpoint,
 )
+from glip.hub import repos
 from glip.hub.download import download_preset_checkpoint
 from glip.hub.official_config import glip_config_from_official
 from glip.hub.presets import PRESETS, Preset
@@ -265,10 +266,19 @@ def preset_state_dict(preset: Preset) -> tuple[dict[str, Tensor], Path]:
 
 
 def resolve(name_or_path: str | Path) -> tuple[str, Path | None, Preset | None]:
-    """Classify ``name_or_path``: ("dir", path, None), ("bundled", path, preset) or ("hub", None, preset)."""
+    """Classify ``name_or_path``: ("dir", path, None), ("bundled", path, preset) or ("hub", None, preset).
+
+    A model folder, a Hub cache folder ``models--org--name`` (its ``refs/main`` snapshot) and a
+    ``str`` spelled ``org/name`` that names no local folder or preset (a Hub model repo, from the
+    cache or downloaded: :func:`glip.hub.repos.hub_snapshot_dir`) are all "dir". Only a ``str``
+    can be a repo id: a ``Path`` is a local folder, never sent to the Hub.
+    """
     path = Path(name_or_path)
     if path.is_dir():
-        return "dir", path, None
+        return "dir", repos.cached_snapshot_dir(path), None
+    if isinstance(name_or_path, str) and name_or_path not in PRESETS and not path.exists() \
+            and repos.is_hub_repo_id(name_or_path):
+        return "dir", repos.hub_snapshot_dir(name_or_path), None
     name = str(name_or_path)
     if name in PRESETS:
         preset = PRESETS[name]
