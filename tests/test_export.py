@@ -70,6 +70,17 @@ def tiny_onnx(tiny: GLIP, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return export_onnx(tiny, tmp_path_factory.mktemp("tiny") / "tiny.onnx", classes=TINY_CLASSES, dynamic=True)
 
 
+@pytest.fixture(scope="module")
+def tiny_promptable_onnx(tiny: GLIP, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with its language model in the graph (the prompt is an input), and a static
+    160x224 input: the size of the 224x300 scene resized to 160 px and padded."""
+    path = export_onnx(tiny, tmp_path_factory.mktemp("tiny") / "prompt.onnx", text_inputs=True,
+                       input_size=(160, 224))
+    # The exporter switches modes back and forth: the model must come back in evaluation mode.
+    assert not any(module.training for module in tiny.modules())
+    return path
+
+
 def _scene(height: int, width: int) -> np.ndarray:
     """A Shapes-world test scene resized to ``height x width`` (RGB uint8)."""
     image = Image.fromarray(render_scene(sample_scene(7, "test", 0)))
@@ -77,11 +88,18 @@ def _scene(height: int, width: int) -> np.ndarray:
 
 
 def assert_same_detections(ours, expected) -> None:
+    """The same detections as a set: in score order, but two whose scores differ by less than the
+    float noise may come in either order; every one has a counterpart with its label and phrase,
+    its score within 1e-4 and its box within 0.05 px."""
     assert len(expected) > 0, "nothing to compare: lower the threshold"
-    assert torch.equal(ours.labels, expected.labels), (ours, expected)
-    assert ours.phrases == expected.phrases
-    assert (ours.scores - expected.scores).abs().max().item() <= 1e-4
-    assert (ours.boxes - expected.boxes).abs().max().item() <= 0.05
+    assert len(ours) == len(expected), (ours, expected)
+    assert (ours.scores - expected.scores).abs().max().item() <= 1e-4  # both sorted by score
+    same = ((ours.labels[:, None] == expected.labels[None, :])
+            & ((ours.scores[:, None] - expected.scores[None, :]).abs() <= 1e-4)
+            & ((ours.boxes[:, None, :] - expected.boxes[None, :, :]).abs().amax(-1) <= 0.05))  # [N, N]
+    assert bool(same.any(1).all()) and bool(same.any(0).all()), (ours, expected)
+    phrase_of = dict(zip(expected.labels.tolist(), expected.phrases))
+    assert ours.phrases == [phrase_of[label] for label in ours.labels.tolist()]
 
 
 # (height, width) of the inputs: landscape and portrait, padded to 224x320 and 320x224 at GLIP-Nano's
@@ -106,6 +124,29 @@ def test_tiny_reference_onnx_matches_pytorch(tiny: GLIP, tiny_onnx: Path, size: 
     assert_same_detections(ours, expected)
 
 
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        {"classes": TINY_CLASSES},
+        {"caption": "a cup of coffee on a saucer", "spans": [(2, 5), (9, 15), (21, 27)]},
+        # 100 names of 3 tokens: two chunks, merged as GLIP.predict merges them.
+        {"classes": [f"thing {index}" for index in range(100)]},
+    ],
+)
+def test_prompt_input_graph_matches_pytorch(tiny: GLIP, tiny_promptable_onnx: Path, prompt: dict) -> None:
+    detector = OnnxDetector(tiny_promptable_onnx)
+    image = _scene(224, 300)
+    assert_same_detections(detector.predict(image, **prompt, threshold=0.0, min_size=160),
+                           tiny.predict(image, **prompt, threshold=0.0, min_size=160))
+    if len(prompt.get("classes", [])) == 100:
+        assert len(tiny.build_prompts(**prompt)) == 2
+
+
+def test_baked_prompt_cannot_be_changed(nano_detector: OnnxDetector) -> None:
+    with pytest.raises(ValueError, match="holds the prompt"):
+        nano_detector.predict(_scene(224, 224), classes=["dog"])
+
+
 def test_file_holds_what_the_detector_needs(nano: GLIP, nano_onnx: Path, nano_detector: OnnxDetector) -> None:
     metadata = read_metadata(nano_onnx)
     assert metadata["prompt"]["phrases"] == NANO_CLASSES
@@ -115,15 +156,11 @@ def test_file_holds_what_the_detector_needs(nano: GLIP, nano_onnx: Path, nano_de
     assert nano_detector.default_threshold == nano.default_threshold
 
 
-def test_static_graph_pads_to_its_size(tiny: GLIP, tmp_path: Path) -> None:
-    path = export_onnx(tiny, tmp_path / "static.onnx", classes=TINY_CLASSES, input_size=(160, 224))
-    detector = OnnxDetector(path)
-    # A 160x224 image fills the static input exactly: the PyTorch detections.
-    image = _scene(160, 224)
-    assert_same_detections(detector.predict(image, threshold=0.0, min_size=160),
-                           tiny.predict(image, classes=TINY_CLASSES, threshold=0.0, min_size=160))
+def test_static_graph_refuses_larger_images(tiny_promptable_onnx: Path) -> None:
+    detector = OnnxDetector(tiny_promptable_onnx)
+    assert detector.input_size == (160, 224)
     with pytest.raises(ValueError, match="does not fit the 160x224 input"):
-        detector.predict(_scene(300, 224), min_size=160)  # portrait: 224x160 after padding
+        detector.predict(_scene(300, 224), classes=TINY_CLASSES, min_size=160)  # portrait: 224x160 padded
 
 
 def test_prompt_too_long_for_one_graph(nano: GLIP, tmp_path: Path) -> None:
@@ -131,6 +168,16 @@ def test_prompt_too_long_for_one_graph(nano: GLIP, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="export fewer classes per file"):
         export_onnx(nano, tmp_path / "long.onnx", classes=classes, dynamic=True)
     assert not (tmp_path / "long.onnx").exists()
+
+
+def test_exporter_failure_names_the_model(nano: GLIP, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def unsupported(*args, **kwargs):
+        raise RuntimeError("Unsupported: ONNX export of operator foo")
+
+    monkeypatch.setattr(torch.onnx, "export", unsupported)
+    with pytest.raises(RuntimeError, match=r"cannot export glip_nano \(efficientnet_lite0 backbone.*operator foo"):
+        export_onnx(nano, tmp_path / "m.onnx", classes=NANO_CLASSES, source="glip_nano")
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
 
 
 def test_foreign_onnx_file_is_refused(tmp_path: Path) -> None:
@@ -149,6 +196,7 @@ def test_foreign_onnx_file_is_refused(tmp_path: Path) -> None:
     ("arguments", "message"),
     [
         (["--classes", "a", "--caption", "a b"], "exactly one of --classes or --caption"),
+        (["--classes", "a", "--text-inputs"], "--text-inputs takes the prompt at run time"),
         (["--classes", "a", "--dynamic", "--input-size", "224x224"], "--input-size is for a static graph"),
         (["--classes", "a", "--opset", "16"], "--opset: must be one of 17, 18, 19"),
         (["--classes", "a", "--input-size", "100x224"], "multiples of 32"),

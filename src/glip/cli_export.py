@@ -11,9 +11,10 @@ from glip.cli_support import UsageError, _number, character_span
 EXPORT_EPILOG = """\
 The graph takes the network input of glip.processing.preprocess_images ([B, 3, H, W] float32:
 resized, BGR 0-255 minus pixel_mean over pixel_std, zero-padded to a multiple of 32) and returns,
-per anchor, decoded boxes, the prompt's phrase scores and centerness (see glip/export.py).
+per anchor, decoded boxes, the prompt's phrase scores and centerness (see glip/export.py); with
+--text-inputs it also takes token ids, attention mask and phrase weights.
 glip.export.OnnxDetector(OUT).predict(image) runs it with ONNX Runtime and returns the detections
-of `glip detect`; the file holds everything it needs (model config, phrases, threshold).
+of `glip detect`; the file holds everything it needs (model config, phrases or vocabulary, threshold).
 
 exit status: 0 done, 1 failed at run time (e.g. an export error), 2 usage error."""
 
@@ -30,6 +31,9 @@ def add_parsers(commands, command: Callable[..., argparse.ArgumentParser]) -> No
     export.add_argument("--caption", help="caption whose phrases to ground")
     export.add_argument("--span", action="append", type=character_span, metavar="START:END",
                         help="character range of a phrase in --caption (repeatable; default: noun phrases)")
+    export.add_argument("--text-inputs", action="store_true",
+                        help="put the language model in the graph and take the prompt at run time "
+                             "(OnnxDetector.predict(image, classes=...)) instead of --classes/--caption")
     export.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
     export.add_argument("--dynamic", action="store_true",
                         help="free batch size, height and width (default: one image of --input-size)")
@@ -62,8 +66,11 @@ def command_export(args: argparse.Namespace) -> int:
     """Check the flags, load the model, write the graph."""
     from glip.cli import EXIT_OK, _check_model_arguments, _parse_classes, load_model_from_args
 
-    if (args.classes is None) == (args.caption is None):
-        raise UsageError("give exactly one of --classes or --caption")
+    if args.text_inputs:
+        if args.classes is not None or args.caption is not None:
+            raise UsageError("--text-inputs takes the prompt at run time: leave out --classes and --caption")
+    elif (args.classes is None) == (args.caption is None):
+        raise UsageError("give exactly one of --classes or --caption (or --text-inputs)")
     if args.span and args.caption is None:
         raise UsageError("--span needs --caption")
     if args.dynamic and args.input_size is not None:
@@ -80,7 +87,9 @@ def command_export(args: argparse.Namespace) -> int:
     model = load_model_from_args(args)
     name = args.model if args.model is not None else str(args.checkpoint)
     path = export_onnx(model, args.out, classes=classes, caption=args.caption, spans=args.span or None,
-                       dynamic=args.dynamic, opset=args.opset, input_size=args.input_size, source=name)
+                       text_inputs=args.text_inputs, dynamic=args.dynamic, opset=args.opset,
+                       input_size=args.input_size, source=name)
     size = path.stat().st_size / 2**20
-    print(f"wrote {path} ({name}, {'dynamic' if args.dynamic else 'static'} input, {size:.1f} MiB)")
+    prompt = "prompt input" if args.text_inputs else "prompt baked in"
+    print(f"wrote {path} ({name}, {prompt}, {'dynamic' if args.dynamic else 'static'} image input, {size:.1f} MiB)")
     return EXIT_OK
