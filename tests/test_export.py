@@ -197,6 +197,7 @@ def test_foreign_onnx_file_is_refused(tmp_path: Path) -> None:
     [
         (["--classes", "a", "--caption", "a b"], "exactly one of --classes or --caption"),
         (["--classes", "a", "--text-inputs"], "--text-inputs takes the prompt at run time"),
+        (["--classes", "a", "--dtype", "bf16"], "writes an fp32 graph"),
         (["--classes", "a", "--dynamic", "--input-size", "224x224"], "--input-size is for a static graph"),
         (["--classes", "a", "--opset", "16"], "--opset: must be one of 17, 18, 19"),
         (["--classes", "a", "--input-size", "100x224"], "multiples of 32"),

@@ -80,6 +80,8 @@ def command_export(args: argparse.Namespace) -> int:
     if args.device != "cpu":
         raise UsageError("glip export runs on the CPU (the deformable convs export through their CPU path): "
                          "leave out --device")
+    if getattr(args, "dtype", "fp32") != "fp32":
+        raise UsageError("glip export writes an fp32 graph: leave out --dtype")
     classes = _parse_classes(args.classes) if args.classes is not None else None
     _check_model_arguments(args)
     from glip.export import export_onnx  # raises ImportError with the install command without onnx

@@ -19,6 +19,11 @@ The graph (input and outputs, ``N`` = anchors over all levels P3..P7, row-major 
 * ``centerness`` ``[B, N]``: sigmoid of the centerness logit.
 * ``levels`` ``[N]`` int64: the pyramid level (0 = P3) of each anchor.
 
+With ``text_inputs=True`` the language model is in the graph as well and the prompt is an input:
+``input_ids`` and ``attention_mask`` ``[B, T]`` (``T`` = the model's ``max_query_len``) and
+``phrase_weights`` ``[K, T]`` (:func:`phrase_weights`), any K; the file then carries the tokenizer's
+vocabulary, and ``OnnxDetector.predict(image, classes=...)`` takes any prompt.
+
 A detection's score is ``sqrt(scores * centerness)``. Everything :class:`OnnxDetector` needs (the
 model config, phrases and label ids, threshold, graph sizes) is stored as JSON in the file's
 ``metadata_props`` under :data:`METADATA_KEY`, so the ``.onnx`` file is all it needs.
