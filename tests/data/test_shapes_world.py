@@ -375,6 +375,7 @@ def test_grounding_file_matches_captions_and_detection(train_split: dict[str, Pa
 
 def test_transfer_split(transfer_split: dict[str, Path]) -> None:
     assert "pairs" not in transfer_split and not (transfer_split["info"].parent / "pairs.json").exists()
+    assert "colours" not in transfer_split and not (transfer_split["info"].parent / "colours.json").exists()
     detection = _load(transfer_split["detection"])
     assert [(c["id"], c["name"]) for c in detection["categories"]] == [(1, "heart"), (2, "arrow"), (3, "crescent")]
     assert {a["category_id"] for a in detection["annotations"]} <= {1, 2, 3}
@@ -441,3 +442,14 @@ def test_interrupted_run_leaves_no_split(tmp_path: Path, monkeypatch: pytest.Mon
     with pytest.raises(RuntimeError, match="interrupted"):
         synthesize(tmp_path / "split", 5, seed=0, show_progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_colours_name_every_object_by_its_colour_alone(train_split: dict[str, Path]) -> None:
+    colours, detection = _load(train_split["colours"]), _load(train_split["detection"])
+    assert [c["name"] for c in colours["categories"]] == list(COLOURS)  # no shape word: never a pair name
+    # Every object, held-out pairs included, with the box of detection.json and its drawn colour.
+    assert [(a["image_id"], a["bbox"]) for a in colours["annotations"]] == \
+        [(a["image_id"], a["bbox"]) for a in detection["annotations"]]
+    scenes = [sample_scene(7, "train", index) for index in range(30)]
+    expected = [list(COLOURS).index(item.colour) + 1 for scene in scenes for item in scene.objects]
+    assert [a["category_id"] for a in colours["annotations"]] == expected

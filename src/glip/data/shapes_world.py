@@ -16,6 +16,10 @@ Files written by :func:`synthesize` into ``out_dir``:
 * ``pairs.json`` (not for transfer splits): COCO, categories = the 36 pairs, ids 1..36
   colour-major; in ``train`` the held-out categories and their boxes are absent (the other ids
   are kept, not renumbered).
+* ``colours.json`` (not for transfer splits): COCO, categories = the 6 colour names, ids 1..6 in
+  the order of :data:`COLOURS`; every object, held-out pairs included (a colour alone never names
+  a held-out pair): colour learnt apart from shape, as ``detection.json`` teaches shape apart
+  from colour.
 * ``grounding.json``: one image entry per (image, caption) with ``caption``, ``file_name``,
   ``id``, ``original_img_id`` (the image's id in ``detection.json``), ``width``, ``height`` and
   ``tokens_positive_eval`` (one list of ``[start, end)`` spans per referred phrase, in caption
@@ -776,6 +780,7 @@ class _SplitAnnotations:
         self.images: list[dict[str, Any]] = []
         self.detections: list[dict[str, Any]] = []
         self.pairs: list[dict[str, Any]] = []
+        self.colours: list[dict[str, Any]] = []
         self.grounding_images: list[dict[str, Any]] = []
         self.groundings: list[dict[str, Any]] = []
         self.captions: list[dict[str, str]] = []
@@ -788,7 +793,11 @@ class _SplitAnnotations:
             self.detections.append(
                 {"id": len(self.detections) + 1, "category_id": self.shapes.index(item.shape) + 1, **common}
             )
-            if not self.is_transfer and item.pair not in self.held_out:
+            if self.is_transfer:
+                continue
+            colour_id = list(COLOURS).index(item.colour) + 1
+            self.colours.append({"id": len(self.colours) + 1, "category_id": colour_id, **common})
+            if item.pair not in self.held_out:
                 self.pairs.append({"id": len(self.pairs) + 1, "category_id": PAIRS.index(item.pair) + 1, **common})
         for caption in scene.captions:
             self._add_caption(scene, caption, image_id, file_name)
@@ -839,6 +848,8 @@ class _SplitAnnotations:
                 if name not in self.held_out
             ]
             files["pairs"] = {"images": self.images, "annotations": self.pairs, "categories": pair_categories}
+            colour_categories = [{"id": k + 1, "name": name, "supercategory": "colour"} for k, name in enumerate(COLOURS)]
+            files["colours"] = {"images": self.images, "annotations": self.colours, "categories": colour_categories}
         files["grounding"] = {
             "images": self.grounding_images, "annotations": self.groundings, "categories": shape_categories
         }
