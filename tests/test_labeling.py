@@ -268,3 +268,14 @@ def test_a_student_trained_on_the_labels_alone_reaches_a_fraction_of_the_teacher
     assert figures["labelled_images"] == LOOP_TRAIN_IMAGES and figures["steps"] == LOOP_STEPS
     assert figures["teacher"]["AP"] > 0.7  # GLIP-Nano's shape detection AP is 0.865 on 500 test images
     assert figures["student"]["AP"] >= STUDENT_AP_FRACTION * figures["teacher"]["AP"], figures
+
+
+def test_the_committed_loop_table_is_the_one_of_its_figures() -> None:
+    """benchmarks/results/label_loop.md is report_markdown of label_loop.json (edited together)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import label_loop
+
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    figures = json.loads((results / "label_loop.json").read_text())
+    assert label_loop.report_markdown(figures) == (results / "label_loop.md").read_text()
+    assert figures["student_over_teacher_AP"] == pytest.approx(figures["student"]["AP"] / figures["teacher"]["AP"])
