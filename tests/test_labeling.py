@@ -252,14 +252,15 @@ def test_two_processes_write_the_dataset_of_one(cli_dataset: Path, folder: Path,
     assert _dataset_files(out) == _dataset_files(cli_dataset)
 
 
-# The student of this small loop reached 0.34 of the teacher's shape AP when the test was written
-# (0.294 vs 0.875 on 100 test images; the full-size loop of benchmarks/label_loop.py: 0.48); the
-# bound leaves room for the spread between machines and thread counts.
+# The student of this small loop reached 0.55 of the teacher's shape AP when the test was written
+# (0.480 vs 0.875 on 100 test images at the loop's lr 1e-3; 0.34 at 5e-4; the full-size loop of
+# benchmarks/label_loop.py: 0.62); the bound leaves room for the spread between machines and
+# thread counts.
 LOOP_TRAIN_IMAGES, LOOP_TEST_IMAGES, LOOP_STEPS = 200, 100, 100
-STUDENT_AP_FRACTION = 0.25
+STUDENT_AP_FRACTION = 0.45
 
 
-@pytest.mark.slow  # labelling 200 images, 100 training steps, two evaluations: 10-17 minutes on 2 busy cores
+@pytest.mark.slow  # labelling 200 images, 100 training steps, two evaluations: 10-12 minutes on 2 busy cores
 def test_a_student_trained_on_the_labels_alone_reaches_a_fraction_of_the_teacher(tmp_path: Path) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import label_loop
