@@ -36,7 +36,7 @@ from glip.data.shapes_world import SHAPES, synthesize
 from glip.device import torch_threads
 from glip.evaluation.coco import coco_metrics
 from glip.evaluation.runner import RunOptions
-from glip.evaluation.shapes import _class_list_ap
+from glip.evaluation.shapes import class_list_ap
 from glip.labeling import ANNOTATIONS_FILE, label_folder
 from glip.pipeline import GLIP
 from glip.training.loop import train
@@ -73,7 +73,7 @@ def _split(folder: Path, images: int, seed: int, name: str) -> Path:
 
 def detection_ap(model: GLIP, split: Path) -> dict[str, float]:
     """``glip eval shapes``' shape detection AP and AP50 (the six shape names as the prompt)."""
-    evaluation, _ = _class_list_ap(model, split, "detection", RunOptions(16, progress=False), None, None)
+    evaluation, _ = class_list_ap(model, split, "detection", RunOptions(16, progress=False), None, None)
     return {"AP": evaluation.metrics["AP"], "AP50": evaluation.metrics["AP50"]}
 
 

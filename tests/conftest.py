@@ -17,3 +17,16 @@ def reference_dir() -> Path:
     if not REFERENCE_DIR.is_dir():
         pytest.fail(f"reference tensors not found at {REFERENCE_DIR}: the clone is incomplete")
     return REFERENCE_DIR
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a test module: the tiny models of the tests run many times faster on a
+    busy 2-core machine (threads of several processes fight over the cores), and every run takes the
+    same order of operations."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -19,16 +19,7 @@ from glip.cli_support import LOCK_FILE
 from glip.processing import default_offline_vocab_dir
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One torch thread: the tiny models here run 20x faster so on a busy 2-core machine (5 s -> 0.2 s
-    a prediction when the cores are shared)."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def _official_args(reference_dir: Path) -> list[str]:

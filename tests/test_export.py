@@ -28,13 +28,7 @@ NANO_CLASSES = list(SHAPES)
 TINY_CLASSES = ["person", "cup", "spoon"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: fast on a busy 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -25,13 +25,7 @@ from glip.processing import default_offline_vocab_dir
 sv = import_supervision()
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One torch thread: far faster for these tiny models on a busy 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def _random_detections(count: int, seed: int = 0, phrases: bool = True) -> Detections:

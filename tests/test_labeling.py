@@ -27,14 +27,7 @@ CLASSES = list(SHAPES)
 MIN_SIZE = 160  # smaller than the 224-pixel scenes: quicker, and still boxes on every scene
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One torch thread: much quicker on a busy 2-core machine (as tests/test_cli.py); module-wide,
-    so that the module's datasets are made with it too."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

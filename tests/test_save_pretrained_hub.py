@@ -23,13 +23,7 @@ HUB_FILES = {"README.md", "config.json", "model.safetensors", "tokenizer/vocab.t
              "tokenizer/tokenizer_config.json", "tokenizer/special_tokens_map.json"}
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One torch thread: far faster for these tiny models on a busy 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @lru_cache(maxsize=None)

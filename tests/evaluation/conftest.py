@@ -29,11 +29,5 @@ def tiny_model_args(reference_dir: Path) -> list[str]:
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: fast on a busy 2-core machine (as the training tests)."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def one_thread(one_torch_thread):
+    """Every test of this folder runs with one torch thread (``one_torch_thread`` of tests/conftest.py)."""

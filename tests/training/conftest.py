@@ -7,10 +7,6 @@ import torch
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: fast on a busy 2-core machine, and the same op order in every run."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def one_thread(one_torch_thread):
+    """Every test of this folder runs with one torch thread (``one_torch_thread`` of tests/conftest.py)."""
 

@@ -48,7 +48,7 @@ def evaluate_shapes_world(
     run = RunOptions(batch_size, progress=progress)
     report: dict[str, Any] = {}
     for name in ("detection", "pairs"):
-        evaluation, categories = _class_list_ap(model, split_dir, name, run, min_size, max_size)
+        evaluation, categories = class_list_ap(model, split_dir, name, run, min_size, max_size)
         report[f"{name}_AP"] = evaluation.metrics["AP"]
         report[f"{name}_AP50"] = evaluation.metrics["AP50"]
         if name == "pairs":
@@ -67,7 +67,7 @@ def evaluate_shapes_world(
     return report
 
 
-def _class_list_ap(model, split_dir: Path, name: str, run: RunOptions, min_size: int | None,
+def class_list_ap(model, split_dir: Path, name: str, run: RunOptions, min_size: int | None,
                    max_size: int | None) -> tuple[CocoEvaluation, list[dict[str, Any]]]:
     """COCO AP on ``<name>.json`` with the demo class-list prompt of its categories (in id order)."""
     annotation_file = split_dir / f"{name}.json"
