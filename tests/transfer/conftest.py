@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from glip.transfer import CocoSplit, FinetuneRecipe
 from transfer_fixtures import tiny_model, write_split
