@@ -98,7 +98,7 @@ def split(folder: Path, images: int, seed: int, kind: str) -> Path:
 
 def variant_sources(plan: Plan, variant: Variant) -> list[dict[str, Any]]:
     """The base recipe's data sources, less the grounding captions for A and B, plus the pseudo-labels for T."""
-    base = yaml.safe_load(BASE_RECIPE.read_text())["data"]["sources"]
+    base = yaml.safe_load((ROOT / BASE_RECIPE).read_text())["data"]["sources"]
     train = plan.data / "shapes_train"
     sources = []
     for source in base:
