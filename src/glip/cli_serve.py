@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Callable
 
-from glip.cli_support import _number, non_negative_int, positive_int
+from glip.cli_support import non_negative_float, non_negative_int, positive_float, positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -31,28 +31,14 @@ def add_parsers(commands, command: Callable[..., argparse.ArgumentParser]) -> No
     serve.add_argument("--port", type=non_negative_int, default=8000, help="TCP port, 0 = any free one (default 8000)")
     serve.add_argument("--max-batch", type=positive_int, default=8,
                        help="most requests sharing one forward pass (default 8)")
-    serve.add_argument("--batch-wait-ms", type=_non_negative_float, default=5.0,
+    serve.add_argument("--batch-wait-ms", type=non_negative_float, default=5.0,
                        help="how long a request waits for others with the same prompt (default 5)")
-    serve.add_argument("--max-upload-mb", type=_positive_float, default=20.0,
+    serve.add_argument("--max-upload-mb", type=positive_float, default=20.0,
                        help="largest image upload in MiB; larger ones get HTTP 413 (default 20)")
     serve.add_argument("--threads", type=non_negative_int, default=0,
                        help="torch CPU threads of the model's worker, 0 = torch's default (default 0)")
     _add_model_arguments(serve)
     serve.set_defaults(handler=command_serve)
-
-
-def _positive_float(text: str) -> float:
-    value = _number(text, float)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = _number(text, float)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
 
 
 def command_serve(args: argparse.Namespace) -> int:
