@@ -35,6 +35,8 @@ from typing import Any
 import yaml
 from results_io import add_output_arguments, write_results
 
+from glip.files import write_json_atomic
+
 ROOT = Path(__file__).resolve().parents[1]
 BASE_RECIPE = Path("configs/glip_nano_shapes.yaml")
 TRANSFER_RECIPE = Path("configs/shapes_transfer.yaml")
@@ -136,7 +138,7 @@ def train_variant(plan: Plan, variant: Variant) -> Path:
     seconds = time.perf_counter() - started
     timing = run / "train_seconds.json"
     previous = json.loads(timing.read_text())["seconds"] if timing.is_file() else 0.0
-    timing.write_text(json.dumps({"seconds": previous + seconds}))
+    write_json_atomic(timing, {"seconds": previous + seconds})
     return model_dir
 
 
@@ -152,7 +154,7 @@ def pseudo_label_with(plan: Plan, teacher_dir: Path) -> None:
     logger.info("pseudo-labelling %d caption images with %s", plan.unlabelled_images, teacher_dir)
     stats = pseudo_label(GLIP.from_pretrained(teacher_dir), unlabelled / "captions.json", unlabelled / "images",
                          plan.pseudo_labels, 0.5, shapes_world_phrases)
-    (plan.pseudo_labels.parent / "stats.json").write_text(json.dumps(stats, indent=2))
+    write_json_atomic(plan.pseudo_labels.parent / "stats.json", stats)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -206,8 +208,9 @@ def transfer_study(plan: Plan, variant: Variant, model_dir: Path) -> dict[str, A
 # --------------------------------------------------------------------------------------------------
 
 
-def _mean_spread(values: Sequence[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+def _mean_spread(values: Sequence[float]) -> dict[str, float]:
+    """``{"mean", "std"}`` (sample standard deviation; 0 for one value)."""
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
 
 def _cells(study: dict[str, Any]) -> dict[tuple[str, str, str], list[float]]:
@@ -225,8 +228,7 @@ def summarise(variant: Variant, shapes: dict[int, dict[str, float]], studies: di
                            None if train_seconds is None else train_seconds / 60.0}
     for key in FIGURES:
         values = [metrics[key] for metrics in shapes.values()]
-        row[key] = {"mean": _mean_spread(values)[0], "std": _mean_spread(values)[1],
-                    "per_seed": {str(seed): metrics[key] for seed, metrics in shapes.items()}}
+        row[key] = {**_mean_spread(values), "per_seed": {str(seed): metrics[key] for seed, metrics in shapes.items()}}
     fewshot, descriptive = _cells(studies["fewshot"]), _cells(studies["descriptive"])
     zero_names = fewshot.get(("zero-shot", "names", "0")) or descriptive.get(("zero-shot", "names", "0"))
     zero_described = descriptive.get(("zero-shot", "descriptive", "0"))
@@ -234,7 +236,7 @@ def summarise(variant: Variant, shapes: dict[int, dict[str, float]], studies: di
     row["zero_shot_descriptive"] = zero_described[0] if zero_described else None
     for mode, shots in TRANSFER_CELLS:
         values = fewshot.get((mode, "names", shots))
-        row[f"{mode}_{shots}shot"] = None if not values else dict(zip(("mean", "std"), _mean_spread(values)))
+        row[f"{mode}_{shots}shot"] = None if not values else _mean_spread(values)
     return row
 
 
